@@ -1,0 +1,354 @@
+"""``scripts/cluster``: a local cluster of systemd hosts (systemd-nspawn) for development and tests.
+
+    scripts/cluster up N            build/refresh the image, boot host1..hostN, wait for them
+    scripts/cluster down [--wipe]   power every host off, remove the network; --wipe drops host state
+    scripts/cluster add             boot one more host (hostN+1) into the running cluster
+    scripts/cluster status          one line per host
+    scripts/cluster exec HOST CMD…  run CMD inside HOST (stdin/stdout/exit code passed through)
+    scripts/cluster start|stop|kill HOST     boot | orderly poweroff | power cut
+    scripts/cluster partition|heal HOST      unplug | replug the host's network link
+    scripts/cluster ip HOST         print the host's address
+    scripts/cluster image [--rebuild]        build the image layers only
+
+Errors are one line on stderr with exit status 1 (2 for usage errors), and a failing command never
+destroys anything: only ``down`` stops hosts and only ``down --wipe`` deletes their state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flynn_dev import image, netns
+from flynn_dev.hosts import Host
+from flynn_dev.util import DevError, dev_home, human_bytes
+
+MAX_HOSTS = 50
+BOOT_TIMEOUT = float(os.environ.get("FLYNN_DEV_BOOT_TIMEOUT", "120"))
+READY_UNITS = ("flynn-host.service",)
+
+
+@dataclass
+class ClusterState:
+    hosts: list[str] = field(default_factory=list)
+    base: str = ""
+    app: str = ""
+    build_id: str = ""
+    subnet: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState | None:
+        if not path.exists():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise DevError(f"{path} is corrupt ({exc}); run `scripts/cluster down --wipe`") from None
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+class Cluster:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or dev_home() / f"cluster-{netns.NAME}"
+        self.state_file = self.root / "cluster.json"
+        self.hosts_file = self.root / "hosts"
+        self.subnet = netns.Subnet.from_env()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DevError("another scripts/cluster command is running on this cluster") from None
+            yield
+
+    def state(self) -> ClusterState | None:
+        return ClusterState.load(self.state_file)
+
+    def host(self, name: str, state: ClusterState | None = None) -> Host:
+        st = state or self.state()
+        if st is None or name not in st.hosts:
+            known = " ".join(st.hosts) if st and st.hosts else "none; run `scripts/cluster up N`"
+            raise DevError(f"no such host: {name} (hosts: {known})")
+        return self._host(name)
+
+    def _host(self, name: str) -> Host:
+        if not name.startswith("host") or not name[4:].isdigit():
+            raise DevError(f"bad host name {name!r}")
+        index = int(name[4:])
+        return Host(name=name, index=index, state_dir=self.root / name, ip=self.subnet.host_ip(index))
+
+    def all_hosts(self) -> list[Host]:
+        st = self.state()
+        return [self._host(n) for n in (st.hosts if st else [])]
+
+    def write_hosts_file(self, names: list[str]) -> None:
+        lines = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            f"{self.subnet.gateway}\tflynn-dev-machine",
+        ]
+        lines += [f"{self._host(n).ip}\t{n}" for n in names]
+        text = "\n".join(lines) + "\n"
+        # rewrite in place: running hosts bind-mount this very inode
+        mode = "r+" if self.hosts_file.exists() else "w"
+        with open(self.hosts_file, mode) as f:
+            f.seek(0)
+            f.write(text)
+            f.truncate()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def up(self, count: int) -> None:
+        if not 1 <= count <= MAX_HOSTS:
+            raise DevError(f"host count must be 1-{MAX_HOSTS}, got {count}")
+        with self.locked():
+            state = self.state()
+            if state is not None:
+                running = [h.name for h in self.all_hosts() if h.running()]
+                if running:
+                    raise DevError(
+                        f"cluster is already up ({' '.join(running)}); run `scripts/cluster down` first"
+                    )
+            image.check_tools()
+            t0 = time.monotonic()
+            img = image.ensure()
+            print(f"cluster: image {img.build_id} ready ({time.monotonic() - t0:.1f}s)", flush=True)
+            names = [f"host{i}" for i in range(1, count + 1)]
+            state = ClusterState(
+                hosts=names,
+                base=str(img.base),
+                app=str(img.app),
+                build_id=img.build_id,
+                subnet=str(self.subnet.network),
+            )
+            state.save(self.state_file)
+            self.write_hosts_file(names)
+            netns.setup(self.subnet)
+            self._boot([self._host(n) for n in names], state)
+
+    def _boot(self, hosts: list[Host], state: ClusterState) -> None:
+        t0 = time.monotonic()
+        for h in hosts:
+            h.start(
+                base=Path(state.base),
+                app=Path(state.app),
+                hosts_file=self.hosts_file,
+                prefixlen=self.subnet.prefixlen,
+            )
+        errors: list[str] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            futures = {pool.submit(h.wait_booted, BOOT_TIMEOUT, READY_UNITS): h for h in hosts}
+            for fut in concurrent.futures.as_completed(futures):
+                h = futures[fut]
+                try:
+                    took = fut.result()
+                    print(f"cluster: {h.name} up at {h.ip} in {took:.1f}s", flush=True)
+                except DevError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise DevError("; ".join(sorted(errors)))
+        print(f"cluster: {len(hosts)} host(s) up in {time.monotonic() - t0:.1f}s", flush=True)
+
+    def add(self) -> str:
+        with self.locked():
+            state = self.state()
+            if state is None or not any(h.running() for h in self.all_hosts()):
+                raise DevError("cluster is not up; run `scripts/cluster up N` first")
+            if len(state.hosts) >= MAX_HOSTS:
+                raise DevError(f"cluster already has {MAX_HOSTS} hosts")
+            name = f"host{max(int(n[4:]) for n in state.hosts) + 1}"
+            state.hosts.append(name)
+            state.save(self.state_file)
+            self.write_hosts_file(state.hosts)
+            self._boot([self._host(name)], state)
+            return name
+
+    def down(self, wipe: bool) -> None:
+        with self.locked():
+            hosts = self.all_hosts()
+            running = [h for h in hosts if h.launcher_pid() is not None]
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+                list(pool.map(lambda h: h.stop(), running))
+            for h in hosts:
+                h.unregister_machine()
+                h.remove_cgroups()
+            netns.teardown()
+            if wipe:
+                for h in hosts:
+                    _rmtree(h.state_dir)
+                for f in (self.state_file, self.hosts_file):
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
+            print(f"cluster: down ({len(running)} host(s) stopped{', state wiped' if wipe else ''})")
+
+    def start(self, name: str) -> None:
+        with self.locked():
+            state = self.state()
+            h = self.host(name, state)
+            if state is None:  # host() already refused unknown names; this narrows the type
+                raise DevError("cluster is not up")
+            if h.running():
+                raise DevError(f"{name} is already running")
+            netns.setup(self.subnet)
+            self._boot([h], state)
+
+    def stop(self, name: str) -> None:
+        with self.locked():
+            h = self.host(name)
+            h.stop()
+            h.remove_cgroups()
+            print(f"cluster: {name} stopped")
+
+    def kill(self, name: str) -> None:
+        with self.locked():
+            h = self.host(name)
+            h.kill()
+            h.remove_cgroups()
+            print(f"cluster: {name} killed (power cut)")
+
+    def partition(self, name: str, heal: bool) -> None:
+        h = self.host(name)
+        if not h.running():
+            raise DevError(f"{name} is not running")
+        netns.set_link(name, up=heal)
+        print(f"cluster: {name} {'healed' if heal else 'partitioned'}")
+
+    def status(self, as_json: bool) -> None:
+        state = self.state()
+        rows: list[dict[str, object]] = []
+        for h in self.all_hosts():
+            running = h.running()
+            mem = h.memory_bytes() if running else None
+            rows.append(
+                {
+                    "host": h.name,
+                    "address": h.ip,
+                    "state": ("running" if netns.link_is_up(h.name) else "partitioned")
+                    if running
+                    else "stopped",
+                    "system": h.system_state(),
+                    "flynn_host": h.unit_state("flynn-host.service"),
+                    "memory": mem,
+                    "pid": h.leader_pid(),
+                }
+            )
+        if as_json:
+            print(
+                json.dumps(
+                    {"cluster": netns.NAME, "build": state.build_id if state else None, "hosts": rows},
+                    indent=2,
+                )
+            )
+            return
+        if not rows:
+            print("cluster: no hosts (run `scripts/cluster up N`)")
+            return
+        print(f"{'HOST':8} {'ADDRESS':16} {'STATE':12} {'SYSTEM':12} {'FLYNN-HOST':11} MEMORY")
+        for r in rows:
+            memory = r["memory"]
+            shown = human_bytes(memory) if isinstance(memory, int) else "-"
+            cols = (f"{r['host']:8}", f"{r['address']:16}", f"{r['state']:12}", f"{r['system']:12}")
+            print(" ".join(cols), f"{r['flynn_host']:11}", shown)
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/cluster", description="Local cluster of systemd hosts.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="boot N hosts")
+    up.add_argument("count", metavar="N")
+    down = sub.add_parser("down", help="power off every host and remove the network")
+    down.add_argument("--wipe", action="store_true", help="also delete the hosts' state")
+    sub.add_parser("add", help="boot one more host")
+    st = sub.add_parser("status", help="show the hosts")
+    st.add_argument("--json", action="store_true")
+    ex = sub.add_parser("exec", help="run a command inside a host")
+    ex.add_argument("host")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    for name in ("start", "stop", "kill", "partition", "heal", "ip"):
+        sp = sub.add_parser(name)
+        sp.add_argument("host")
+    im = sub.add_parser("image", help="build the image layers")
+    im.add_argument("--rebuild", action="store_true", help="rebuild even when cached")
+    return p.parse_args(argv)
+
+
+def _exec(cluster: Cluster, args: argparse.Namespace) -> None:
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        raise DevError("exec needs a command: scripts/cluster exec HOST CMD...")
+    argv = cluster.host(args.host).nsenter_argv(cmd)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process: exit code and stdio pass through
+
+
+def _up(cluster: Cluster, args: argparse.Namespace) -> None:
+    try:
+        count = int(args.count)
+    except ValueError:
+        raise DevError(f"host count must be a number, got {args.count!r}") from None
+    cluster.up(count)
+
+
+def _image(cluster: Cluster, args: argparse.Namespace) -> None:
+    img = image.ensure(force=args.rebuild)
+    print(f"base  {img.base}\napp   {img.app}\nbuild {img.build_id}")
+
+
+COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace], object]] = {
+    "up": _up,
+    "down": lambda c, a: c.down(a.wipe),
+    "add": lambda c, a: print(c.add()),
+    "status": lambda c, a: c.status(a.json),
+    "exec": _exec,
+    "start": lambda c, a: c.start(a.host),
+    "stop": lambda c, a: c.stop(a.host),
+    "kill": lambda c, a: c.kill(a.host),
+    "partition": lambda c, a: c.partition(a.host, heal=False),
+    "heal": lambda c, a: c.partition(a.host, heal=True),
+    "ip": lambda c, a: print(c.host(a.host).ip),
+    "image": _image,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("PIP_CONFIG_FILE", "/dev/null")
+    os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    try:
+        if os.geteuid() != 0:
+            raise DevError("must run as root (network namespaces, mounts, nspawn)")
+        COMMANDS[args.cmd](Cluster(), args)
+    except DevError as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cluster: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

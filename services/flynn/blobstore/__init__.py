@@ -1,0 +1,1 @@
+"""blobstore: see docs/architecture.md (not built yet)."""

@@ -1,0 +1,1 @@
+"""The ``flynn`` command-line client (developers' CLI)."""

@@ -1,0 +1,160 @@
+"""HTTP pieces shared by services (aiohttp servers) and clients (CLIs and services).
+
+Server side: :func:`error_middleware` turns every error into ``{"error": "...", "code": N}`` JSON,
+so bad input always gets a 4xx with a one-line message and never an HTML page or a traceback.
+:func:`read_json` parses and size-checks request bodies.
+
+Client side: :class:`Client` is a small synchronous JSON client on ``http.client`` (fast to import,
+used by the CLIs) raising :class:`~flynn.common.errors.APIError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+
+from flynn.common.errors import APIError
+
+log = logging.getLogger(__name__)
+
+JSON = Any
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_JSON_BODY = 1 << 20  # 1 MiB: larger request bodies get 413
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": status}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.content_type == "application/json":
+            raise
+        reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return json_error(exc.status, reason or "error")
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal error")
+
+
+async def read_json(request: web.Request, *, max_bytes: int = MAX_JSON_BODY) -> JSON:
+    """Read and parse a JSON request body, answering 400/413/415 for bad input."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "text/plain", ""):
+        raise web.HTTPUnsupportedMediaType(text=f"expected application/json, got {ctype}")
+    body = await request.content.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise web.HTTPBadRequest(text=f"malformed JSON: {exc}") from None
+
+
+class Client:
+    """Synchronous JSON-over-HTTP client (one connection per request, no pooling needed in CLIs)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key: str | None = None,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._ssl = ssl_context
+        self._headers = dict(headers or {})
+        if key is not None:
+            token = base64.b64encode(f":{key}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._ssl
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: JSON = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        expect_json: bool = True,
+    ) -> JSON:
+        url = self._prefix + path + (("?" + urlencode(params)) if params else "")
+        headers = dict(self._headers)
+        payload: bytes | None = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn = self._connection()
+        try:
+            conn.request(method, url, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, socket.timeout | TimeoutError):
+                reason = f"timed out after {self._timeout:g}s"
+            raise APIError(0, f"cannot reach {self.base_url}: {reason}", url=url) from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            message = resp.reason
+            try:
+                parsed = json.loads(data)
+                if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+                    message = parsed["error"]
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+            raise APIError(resp.status, message, url=url)
+        if not expect_json:
+            return data.decode(errors="replace")
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise APIError(resp.status, f"invalid JSON from {self.base_url}{url}", url=url) from None
+
+    def get(self, path: str, **kw: Any) -> JSON:
+        return self.request("GET", path, **kw)
+
+    def put(self, path: str, body: JSON = None, **kw: Any) -> JSON:
+        return self.request("PUT", path, body, **kw)
+
+    def post(self, path: str, body: JSON = None, **kw: Any) -> JSON:
+        return self.request("POST", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> JSON:
+        return self.request("DELETE", path, **kw)

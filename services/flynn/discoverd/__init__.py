@@ -1,0 +1,1 @@
+"""discoverd: see docs/architecture.md (not built yet)."""

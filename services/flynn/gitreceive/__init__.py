@@ -1,0 +1,1 @@
+"""gitreceive: see docs/architecture.md (not built yet)."""

@@ -1,0 +1,1 @@
+"""flynn-host: the per-host agent (host API :1113; later jobs as transient units and volumes)."""

@@ -1,0 +1,46 @@
+"""The host API on :1113 (aiohttp). Today: ``GET /host/status``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+import flynn
+from flynn.common.http import error_middleware
+from flynn.host import sysinfo
+from flynn.host.identity import HostIdentity
+
+IDENTITY: web.AppKey[HostIdentity] = web.AppKey("identity", HostIdentity)
+CLOCK: web.AppKey[sysinfo.Clock] = web.AppKey("clock", sysinfo.Clock)
+BUILD: web.AppKey[str] = web.AppKey("build", str)
+
+
+async def host_status(request: web.Request) -> web.Response:
+    identity = request.app[IDENTITY]
+    uptime = sysinfo.boot_uptime()
+    return web.json_response(
+        {
+            "id": identity.id,
+            "hostname": socket.gethostname(),
+            "version": flynn.__version__,
+            "build": request.app[BUILD],
+            "uptime": round(uptime, 3),
+            "daemon_uptime": round(request.app[CLOCK].uptime(), 3),
+            "created_at": identity.created_at,
+            "booted_at": round(time.time() - uptime, 3),
+            "machine_id": sysinfo.machine_id(),
+            "addresses": sysinfo.addresses(),
+        }
+    )
+
+
+def make_app(identity: HostIdentity, *, build_file: Path = Path("/opt/flynn/BUILD")) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    app[IDENTITY] = identity
+    app[CLOCK] = sysinfo.Clock()
+    app[BUILD] = sysinfo.read_first_line(build_file) or "source"
+    app.router.add_get("/host/status", host_status)
+    return app

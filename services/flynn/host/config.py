@@ -1,0 +1,29 @@
+"""flynn-host settings: flags override environment (``/etc/default/flynn-host``) override defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flynn.common.config import env_int, env_str, parse_ip
+
+DEFAULT_PORT = 1113
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    listen_ip: str = "0.0.0.0"  # noqa: S104 - the host API is reached by every other host
+    port: int = DEFAULT_PORT
+    state_dir: Path = Path("/var/lib/flynn")
+    host_id: str | None = None
+    build_file: Path = Path("/opt/flynn/BUILD")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HostConfig:
+        return cls(
+            listen_ip=parse_ip(env_str("FLYNN_HOST_LISTEN_IP", "0.0.0.0", env), "FLYNN_HOST_LISTEN_IP"),  # noqa: S104
+            port=env_int("FLYNN_HOST_PORT", DEFAULT_PORT, minimum=1, maximum=65535, env=env),
+            state_dir=Path(env_str("FLYNN_STATE_DIR", "/var/lib/flynn", env)),
+            host_id=env_str("FLYNN_HOST_ID", "", env) or None,
+        )

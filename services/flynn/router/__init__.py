@@ -1,0 +1,1 @@
+"""router: see docs/architecture.md (not built yet)."""

@@ -1,0 +1,120 @@
+"""One real cluster of systemd hosts (systemd-nspawn) shared by the whole integration session.
+
+It runs as cluster "test" (its own network namespace, subnet and state directory), so a developer's
+cluster from scripts/up can stay up meanwhile. Boot happens once; teardown powers everything off,
+wipes the state and checks that no host, namespace, mount or cgroup is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("FLYNN_DEV_CLUSTER", "test")
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = [str(REPO / "scripts/cluster")]
+HOSTS = ("host1", "host2", "host3")
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+@dataclass
+class ClusterHandle:
+    hosts: tuple[str, ...]
+
+    def cli(self, *args: str, timeout: float = 300) -> Result:
+        proc = subprocess.run(
+            [*CLUSTER, *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def exec(self, host: str, *cmd: str, timeout: float = 60) -> Result:
+        return self.cli("exec", host, "--", *cmd, timeout=timeout)
+
+    def ip(self, host: str) -> str:
+        res = self.cli("ip", host)
+        assert res.rc == 0, res.err
+        return res.out.strip()
+
+    def status(self) -> dict[str, Any]:
+        res = self.cli("status", "--json")
+        assert res.rc == 0, res.err
+        return dict(json.loads(res.out))
+
+    def host_status(self, host: str) -> dict[str, Any]:
+        """The host's own /host/status, asked from inside the host."""
+        res = self.exec(host, "curl", "-sf", "http://127.0.0.1:1113/host/status")
+        assert res.rc == 0, res.err
+        return dict(json.loads(res.out))
+
+    def wait_for(self, what: str, check: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def leftovers() -> list[str]:
+    """Everything of the test cluster that must be gone after `down --wipe`."""
+    from flynn_dev import netns
+
+    found = []
+    if Path(f"/run/netns/{netns.NETNS}").exists():
+        found.append(f"netns {netns.NETNS}")
+    if subprocess.run(["ip", "link", "show", netns.VETH], check=False, capture_output=True).returncode == 0:
+        found.append(f"link {netns.VETH}")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        if f"cluster-{netns.NAME}" in line:
+            found.append("mount " + line.split()[1])
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "systemd-nspawn" in cmd and f"cluster-{netns.NAME}/" in cmd:
+            stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if stat != "Z":
+                found.append(f"process {pid_dir.name}")
+    for cg in Path("/sys/fs/cgroup").glob(f"*/flynn-{netns.NAME}.slice"):
+        found.append(f"cgroup {cg}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    c = ClusterHandle(HOSTS)
+    pre = c.cli("status", "--json")
+    if pre.rc == 0 and any(h["state"] != "stopped" for h in json.loads(pre.out)["hosts"]):
+        c.cli("down", "--wipe")  # a previous run that was cut off
+    res = c.cli("up", str(len(HOSTS)), timeout=1800)
+    assert res.rc == 0, f"cluster up failed: {res.err or res.out}"
+    print(res.out)
+    try:
+        yield c
+    finally:
+        down = c.cli("down", "--wipe", timeout=300)
+        assert down.rc == 0, down.err
+        deadline = time.monotonic() + 10  # exiting nspawn processes may take a moment to be reaped
+        while (left := leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"left behind after down --wipe: {left}"
