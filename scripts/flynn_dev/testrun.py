@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "=" * 100)
     print(f"{'TIER':12} {'RESULT':8} {'PASSED':>7} {'FAILED':>7} {'SKIPPED':>8} {'TIME':>8}  DETAIL")
     for o in outcomes:
-        result = "ok" if o.ok else "FAIL"
+        result = ("not run" if o.not_run and not o.counts else "ok") if o.ok else "FAIL"
         c = o.counts
         print(
             f"{o.name:12} {result:8} {c.get('passed', '-'):>7} {c.get('failed', '-'):>7} "
