@@ -22,9 +22,12 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ class ClusterState:
     app: str = ""
     build_id: str = ""
     subnet: str = ""
+    peers: list[str] = field(default_factory=list)  # bootstrap Raft peers (addresses)
 
     @classmethod
     def load(cls, path: Path) -> ClusterState | None:
@@ -140,10 +144,12 @@ class Cluster:
                 build_id=img.build_id,
                 subnet=str(self.subnet.network),
             )
+            state.peers = [self._host(n).ip for n in names]
             state.save(self.state_file)
             self.write_hosts_file(names)
             netns.setup(self.subnet)
             self._boot([self._host(n) for n in names], state)
+            self._init_discoverd([self._host(n) for n in names], state)
 
     def _boot(self, hosts: list[Host], state: ClusterState) -> None:
         t0 = time.monotonic()
@@ -180,7 +186,81 @@ class Cluster:
             state.save(self.state_file)
             self.write_hosts_file(state.hosts)
             self._boot([self._host(name)], state)
+            self._init_discoverd([self._host(name)], state)
             return name
+
+    def secret(self) -> str:
+        """The cluster's Raft secret, created once per cluster (kept until ``down --wipe``)."""
+        path = self.root / "raft.secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return path.read_text().strip()
+
+    def _init_discoverd(self, hosts: list[Host], state: ClusterState) -> None:
+        """`flynn-host init` on each host (peers: the bootstrap hosts), then wait for a Raft leader."""
+        if not state.peers:
+            return
+        t0 = time.monotonic()
+        secret = self.secret()
+        argv = [
+            "/opt/flynn/venv/bin/flynn-host",
+            "init",
+            "--peers",
+            ",".join(state.peers),
+            "--secret-file",
+            "-",
+        ]
+
+        def init(h: Host) -> str:
+            proc = h.run([*argv, "--addr", h.ip], timeout=60, input=secret + "\n")
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                raise DevError(f"{h.name}: flynn-host init failed: {lines[-1] if lines else proc.returncode}")
+            return proc.stdout.strip().splitlines()[-1]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            for h, line in zip(hosts, pool.map(init, hosts), strict=True):
+                print(f"cluster: {h.name}: {line}", flush=True)
+        leader = self._wait_raft_leader(state.peers[0], 30)
+        self._wait_registered(state.peers[0], {h.ip for h in hosts}, 30)
+        print(f"cluster: discoverd up, Raft leader {leader} ({time.monotonic() - t0:.1f}s)", flush=True)
+
+    def _wait_registered(self, ip: str, addrs: set[str], timeout: float) -> None:
+        """Wait until every host in ``addrs`` has announced itself as ``flynn-host`` in discoverd."""
+        deadline = time.monotonic() + timeout
+        url = f"http://{ip}:1111/services/flynn-host/instances"
+        seen: set[str] = set()
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    seen = {str(i["addr"]).rsplit(":", 1)[0] for i in json.load(resp)}
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            if addrs <= seen:
+                return
+            time.sleep(0.2)
+        raise DevError(
+            f"hosts not registered in discoverd after {timeout:g}s: {', '.join(sorted(addrs - seen))}"
+        )
+
+    @staticmethod
+    def raft_status(ip: str, timeout: float = 2) -> dict[str, object] | None:
+        try:
+            with urllib.request.urlopen(f"http://{ip}:1111/raft/status", timeout=timeout) as resp:
+                return dict(json.load(resp))
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def _wait_raft_leader(self, ip: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.raft_status(ip)
+            if status and status.get("leader"):
+                return str(status["leader"])
+            time.sleep(0.2)
+        raise DevError(f"no Raft leader among {ip}'s peers after {timeout:g}s")
 
     def down(self, wipe: bool) -> None:
         with self.locked():
@@ -195,7 +275,7 @@ class Cluster:
             if wipe:
                 for h in hosts:
                     _rmtree(h.state_dir)
-                for f in (self.state_file, self.hosts_file):
+                for f in (self.state_file, self.hosts_file, self.root / "raft.secret"):
                     with contextlib.suppress(FileNotFoundError):
                         f.unlink()
             print(f"cluster: down ({len(running)} host(s) stopped{', state wiped' if wipe else ''})")
@@ -232,6 +312,13 @@ class Cluster:
         netns.set_link(name, up=heal)
         print(f"cluster: {name} {'healed' if heal else 'partitioned'}")
 
+    def _raft_column(self, h: Host) -> str:
+        status = self.raft_status(h.ip, timeout=1)
+        if status is None:
+            return "-"
+        role = str(status.get("role"))
+        return f"{role} (leader)" if status.get("state") == "leader" else role
+
     def status(self, as_json: bool) -> None:
         state = self.state()
         rows: list[dict[str, object]] = []
@@ -247,6 +334,7 @@ class Cluster:
                     else "stopped",
                     "system": h.system_state(),
                     "flynn_host": h.unit_state("flynn-host.service"),
+                    "raft": self._raft_column(h) if running else "-",
                     "memory": mem,
                     "pid": h.leader_pid(),
                 }
@@ -262,12 +350,12 @@ class Cluster:
         if not rows:
             print("cluster: no hosts (run `scripts/cluster up N`)")
             return
-        print(f"{'HOST':8} {'ADDRESS':16} {'STATE':12} {'SYSTEM':12} {'FLYNN-HOST':11} MEMORY")
+        print(f"{'HOST':8} {'ADDRESS':16} {'STATE':12} {'SYSTEM':12} {'FLYNN-HOST':11} {'RAFT':14} MEMORY")
         for r in rows:
             memory = r["memory"]
             shown = human_bytes(memory) if isinstance(memory, int) else "-"
             cols = (f"{r['host']:8}", f"{r['address']:16}", f"{r['state']:12}", f"{r['system']:12}")
-            print(" ".join(cols), f"{r['flynn_host']:11}", shown)
+            print(" ".join(cols), f"{r['flynn_host']:11}", f"{r['raft']:14}", shown)
 
 
 def _rmtree(path: Path) -> None:

@@ -122,9 +122,9 @@ class Host:
         ]
 
     def run(
-        self, argv: list[str], *, check: bool = False, timeout: float = 30
+        self, argv: list[str], *, check: bool = False, timeout: float = 30, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return run(self.nsenter_argv(argv), check=check, timeout=timeout)
+        return run(self.nsenter_argv(argv), check=check, timeout=timeout, input=input)
 
     def system_state(self) -> str:
         if not self.running():

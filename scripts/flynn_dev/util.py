@@ -32,6 +32,7 @@ def run(
     quiet: bool = False,
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise DevError with the command and the last stderr line."""
     args = [str(c) for c in cmd]
@@ -43,7 +44,8 @@ def run(
             capture_output=capture,
             timeout=timeout,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            input=input,
         )
     except FileNotFoundError:
         raise DevError(f"{args[0]} not found (run scripts/setup)") from None

@@ -1,8 +1,9 @@
-"""One real cluster of systemd hosts (systemd-nspawn) shared by the whole integration session.
+"""Real clusters of systemd hosts (systemd-nspawn) for the integration tests: one per test module.
 
 It runs as cluster "test" (its own network namespace, subnet and state directory), so a developer's
-cluster from scripts/up can stay up meanwhile. Boot happens once; teardown powers everything off,
-wipes the state and checks that no host, namespace, mount or cgroup is left behind.
+cluster from scripts/up can stay up meanwhile. Booting 3 hosts and bootstrapping discoverd takes a
+few seconds, so each module gets a fresh cluster; teardown powers everything off, wipes the state
+and checks that no host, namespace, mount or cgroup is left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from flynn.common.errors import APIError
+from flynn.common.http import Client
 
 os.environ.setdefault("FLYNN_DEV_CLUSTER", "test")
 REPO = Path(__file__).resolve().parents[2]
@@ -65,13 +69,35 @@ class ClusterHandle:
         assert res.rc == 0, res.err
         return dict(json.loads(res.out))
 
-    def wait_for(self, what: str, check: Any, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_for(self, what: str, check: Any, timeout: float = 60, interval: float = 0.25) -> float:
+        """Poll ``check`` until it is true; returns the seconds it took."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
             if check():
-                return
-            time.sleep(0.25)
+                return time.monotonic() - t0
+            time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def api(self, host: str, timeout: float = 10) -> Client:
+        """The discoverd API of a host, reached from this machine."""
+        return Client(f"http://{self.ip(host)}:1111", timeout=timeout)
+
+    def raft_status(self, host: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.api(host, timeout=1).get("/raft/status"))
+        except APIError:
+            return None
+
+    def dig(self, host: str, name: str, qtype: str = "A") -> list[str]:
+        """Answers of the real `dig` asked at a host's DNS server (sorted)."""
+        proc = subprocess.run(
+            ["dig", "+short", "+time=1", "+tries=2", f"@{self.ip(host)}", name, qtype],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+        return sorted(line for line in proc.stdout.splitlines() if line and not line.startswith(";"))
 
 
 def leftovers() -> list[str]:
@@ -100,7 +126,7 @@ def leftovers() -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterHandle]:
     c = ClusterHandle(HOSTS)
     pre = c.cli("status", "--json")

@@ -52,16 +52,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "internal error")
 
 
+def _too_large(max_bytes: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(
+        max_size=max_bytes, actual_size=max_bytes + 1, text=f"request body larger than {max_bytes} bytes"
+    )
+
+
 async def read_json(request: web.Request, *, max_bytes: int = MAX_JSON_BODY) -> JSON:
     """Read and parse a JSON request body, answering 400/413/415 for bad input."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+        raise _too_large(max_bytes)
     ctype = request.content_type
     if ctype not in ("application/json", "application/octet-stream", "text/plain", ""):
         raise web.HTTPUnsupportedMediaType(text=f"expected application/json, got {ctype}")
     body = await request.content.read(max_bytes + 1)
     if len(body) > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
+        raise _too_large(max_bytes)
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

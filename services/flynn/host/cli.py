@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 import flynn
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.http import Client
+from flynn.host import sysinfo
 from flynn.host.config import DEFAULT_PORT, HostConfig
+
+DISCOVERD_ENV = Path("/etc/flynn/discoverd.env")
+DISCOVERD_SECRET = Path("/etc/flynn/discoverd.secret")
 
 
 def _fail(message: str) -> None:
@@ -72,3 +81,149 @@ def status(host: str, port: int, as_json: bool) -> None:
 def version() -> None:
     """Print the installed version."""
     click.echo(flynn.__version__)
+
+
+def _discoverd(url: str | None) -> Client:
+    base = url or os.environ.get("DISCOVERD", "http://127.0.0.1:1111").split(",")[0]
+    try:
+        return Client(base, timeout=15)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _call(client: Client, method: str, path: str) -> Any:
+    try:
+        return client.request(method, path)
+    except APIError as exc:
+        _fail(str(exc))
+
+
+discoverd_option = click.option(
+    "--discoverd", "discoverd_url", metavar="URL", help="discoverd API (default $DISCOVERD or the local one)"
+)
+
+
+@main.command(name="list")
+@discoverd_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def list_hosts(discoverd_url: str | None, as_json: bool) -> None:
+    """List the cluster's hosts with their Raft status (peer/proxy, leader)."""
+    client = _discoverd(discoverd_url)
+    status = _call(client, "GET", "/raft/status")
+    try:
+        hosts = client.get("/services/flynn-host/instances")
+    except APIError as exc:
+        if exc.status != 404:
+            _fail(str(exc))
+        hosts = []
+    peers = set(status["peers"])
+    rows: dict[str, dict[str, Any]] = {}
+    for inst in hosts:
+        ip = inst["addr"].rsplit(":", 1)[0].strip("[]")
+        rows[ip] = {"id": inst["meta"].get("id", inst["id"]), "addr": ip, "raft": "proxy"}
+    for ip in peers:
+        rows.setdefault(ip, {"id": "-", "addr": ip})["raft"] = "peer"
+    for row in rows.values():
+        row["leader"] = row["addr"] == status["leader"]
+    ordered = sorted(
+        rows.values(), key=lambda r: tuple(int(x) if x.isdigit() else 0 for x in r["addr"].split("."))
+    )
+    if as_json:
+        click.echo(json.dumps(ordered, indent=2))
+        return
+    click.echo(f"{'ID':16} {'ADDR':18} RAFT STATUS")
+    for r in ordered:
+        click.echo(f"{r['id']:16} {r['addr']:18} {r['raft']}{' (leader)' if r['leader'] else ''}")
+
+
+@main.command()
+@discoverd_option
+@click.argument("addr")
+def promote(discoverd_url: str | None, addr: str) -> None:
+    """Make the host at ADDR a voting Raft peer."""
+    out = _call(_discoverd(discoverd_url), "PUT", f"/raft/peers/{addr}")
+    verb = "promoted" if out.get("changed") else "already a peer:"
+    click.echo(f"{verb} {addr}; peers: {', '.join(out['peers'])}")
+
+
+@main.command()
+@discoverd_option
+@click.option("--force", is_flag=True, help="the peer is dead: remove it without contacting it")
+@click.argument("addr")
+def demote(discoverd_url: str | None, force: bool, addr: str) -> None:
+    """Remove the host at ADDR from the Raft peers (it stays a proxy if alive)."""
+    path = f"/raft/peers/{addr}" + ("?force=true" if force else "")
+    out = _call(_discoverd(discoverd_url), "DELETE", path)
+    click.echo(f"demoted {addr}; peers: {', '.join(out['peers'])}")
+
+
+def _primary_ip() -> str:
+    for a in sysinfo.addresses():
+        if a["family"] == "inet":
+            return a["address"]
+    _fail("cannot find this host's address; pass --addr")
+    raise AssertionError
+
+
+@main.command()
+@click.option("--peers", required=True, metavar="IP,IP,...", help="the cluster's bootstrap Raft peers")
+@click.option("--addr", metavar="IP", help="this host's cluster address (default: its first IPv4 address)")
+@click.option(
+    "--secret-file",
+    type=click.File("r"),
+    help="file holding the cluster's Raft secret ('-' for stdin); generated when omitted on a new cluster",
+)
+@click.option("--ttl", type=click.IntRange(1, 3600), help="instance TTL in seconds (default 10)")
+@click.option("--no-start", is_flag=True, help="write the configuration only")
+def init(peers: str, addr: str | None, secret_file: Any, ttl: int | None, no_start: bool) -> None:
+    """Configure and start discoverd on this host: a Raft peer if ADDR is in --peers, else a proxy."""
+    from flynn.common.config import parse_ip
+    from flynn.discoverd.validate import ValidationError, peer_addr
+
+    try:
+        peer_list = sorted({peer_addr(p.strip()) for p in peers.split(",") if p.strip()})
+        me = parse_ip(addr) if addr else _primary_ip()
+    except (ValidationError, ConfigError) as exc:
+        _fail(str(exc))
+        return
+    if not peer_list:
+        _fail("--peers lists no address")
+    if secret_file is not None:
+        secret = secret_file.read().strip()
+    elif DISCOVERD_SECRET.exists():
+        secret = DISCOVERD_SECRET.read_text().strip()
+    else:
+        secret = secrets.token_hex(32)
+    if len(secret) < 16:
+        _fail("the Raft secret must be at least 16 characters")
+    DISCOVERD_ENV.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(DISCOVERD_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    lines = [f"DISCOVERD_ADDR={me}", f"DISCOVERD_PEERS={','.join(peer_list)}"]
+    if ttl:
+        lines.append(f"DISCOVERD_TTL={ttl}")
+    DISCOVERD_ENV.write_text("\n".join(lines) + "\n")
+    role = "peer" if me in peer_list else "proxy"
+    click.echo(f"discoverd configured on {me} as a Raft {role} (peers {', '.join(peer_list)})")
+    if no_start:
+        return
+    proc = subprocess.run(
+        ["systemctl", "enable", "--now", "flynn-discoverd.service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        _fail(f"systemctl enable --now flynn-discoverd failed: {proc.stderr.strip().splitlines()[-1:]}")
+    client = Client("http://127.0.0.1:1111", timeout=2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            status = client.get("/raft/status")
+            click.echo(f"discoverd running as a {status['role']}")
+            return
+        except APIError:
+            time.sleep(0.2)
+    _fail("discoverd did not answer on :1111 within 30s; see journalctl -u flynn-discoverd")

@@ -17,6 +17,7 @@ class HostConfig:
     port: int = DEFAULT_PORT
     state_dir: Path = Path("/var/lib/flynn")
     host_id: str | None = None
+    addr: str | None = None  # cluster address announced in discoverd; default: first IPv4 address
     build_file: Path = Path("/opt/flynn/BUILD")
 
     @classmethod
@@ -26,4 +27,7 @@ class HostConfig:
             port=env_int("FLYNN_HOST_PORT", DEFAULT_PORT, minimum=1, maximum=65535, env=env),
             state_dir=Path(env_str("FLYNN_STATE_DIR", "/var/lib/flynn", env)),
             host_id=env_str("FLYNN_HOST_ID", "", env) or None,
+            addr=parse_ip(raw_addr, "FLYNN_HOST_ADDR")
+            if (raw_addr := env_str("FLYNN_HOST_ADDR", "", env))
+            else None,
         )

@@ -4,15 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 
 from aiohttp import web
 
 from flynn.common import sdnotify
+from flynn.common.errors import APIError
 from flynn.common.log import setup_logging
+from flynn.discoverd.client import Client as DiscoverdClient
+from flynn.discoverd.client import Registration
+from flynn.host import sysinfo
 from flynn.host.api import make_app
 from flynn.host.config import HostConfig
 from flynn.host.identity import load_or_create
+
+
+async def register_host(host_id: str, addr: str, port: int) -> Registration:
+    """Announce this host in discoverd as service ``flynn-host`` (instance id = host id), retrying
+    until discoverd is configured and reachable; heartbeats keep it registered afterwards."""
+    log = logging.getLogger("flynn.host")
+    client = DiscoverdClient(["http://127.0.0.1:1111"], retry_for=2)
+    delay = 1.0
+    while True:
+        try:
+            reg = await client.register("flynn-host", f"{addr}:{port}", iid=host_id, meta={"id": host_id})
+            log.info("registered in discoverd as flynn-host/%s at %s:%d", host_id, addr, port)
+            return reg
+        except APIError as exc:
+            log.debug("discoverd not ready (%s); retrying in %gs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)  # local discoverd: polling it is cheap
+
+
+def primary_ip() -> str | None:
+    return next((a["address"] for a in sysinfo.addresses() if a["family"] == "inet"), None)
 
 
 async def serve(config: HostConfig) -> None:
@@ -26,6 +52,10 @@ async def serve(config: HostConfig) -> None:
     log.info("host %s serving the host API on %s:%d", identity.id, config.listen_ip, config.port)
     sdnotify.ready(f"host {identity.id} serving on :{config.port}")
     watchdog = sdnotify.start_watchdog()
+    addr = config.addr or primary_ip()
+    registering: asyncio.Task[Registration] | None = None
+    if addr is not None:
+        registering = asyncio.get_running_loop().create_task(register_host(identity.id, addr, config.port))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -37,6 +67,12 @@ async def serve(config: HostConfig) -> None:
         log.info("stopping")
         sdnotify.stopping()
         await sdnotify.cancel(watchdog)
+        if registering is not None:
+            if registering.done() and not registering.cancelled() and registering.exception() is None:
+                with contextlib.suppress(Exception):
+                    await registering.result().close()
+            else:
+                registering.cancel()
         with contextlib.suppress(Exception):
             await runner.cleanup()
 
