@@ -24,6 +24,14 @@ python3Packages.buildPythonApplication {
     inherit (python3Packages)
       aiohttp
       click
+      cryptography
+      dnslib
+      h2
+      httptools
+      psycopg
+      psycopg-pool
+      pysyncobj
+      tomli-w
       uvloop
       pystemd
       systemd # systemd-python: journal and sd_notify

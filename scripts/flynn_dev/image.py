@@ -14,6 +14,8 @@ and are renamed into place only when complete, so an interrupted build is never 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -116,6 +118,12 @@ def build_base(dest: Path, wheelhouse: Path) -> None:
         "--quiet",
         "--include=" + ",".join(packages()),
     ]
+    # Debian's postgresql-common creates and starts a "main" cluster on install unless told not to;
+    # Flynn runs its own (flynn-postgres.service, /var/lib/flynn/postgres).
+    cmd.append(
+        '--setup-hook=mkdir -p "$1/etc/postgresql-common/createcluster.d" && '
+        "echo 'create_main_cluster = false' > \"$1/etc/postgresql-common/createcluster.d/flynn.conf\""
+    )
     for hook in hooks:
         cmd.append(f"--customize-hook={hook}")
     cmd += [
@@ -206,16 +214,41 @@ def build_app(dest: Path, base: Path, build_id: str) -> None:
             shutil.rmtree(tmp)
 
 
+def layers_in_use() -> set[Path]:
+    """App layers named by any cluster's state file (every cluster on this machine, not only ours)."""
+    found: set[Path] = set()
+    for state in dev_home().glob("cluster-*/state.json"):
+        with contextlib.suppress(OSError, ValueError):
+            app = json.loads(state.read_text()).get("app")
+            if app:
+                found.add(Path(app))
+    return found
+
+
 def _gc_app_layers(keep: Path, in_use: set[Path]) -> None:
     layers = sorted(images_dir().glob("app-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    in_use = in_use | layers_in_use()
     for layer in layers[KEEP_APP_LAYERS:]:
         if layer != keep and layer not in in_use and layer.is_dir():
             shutil.rmtree(layer, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Image builds of several clusters (dev, test, ...) on one machine run one at a time."""
+    with open(images_dir() / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def ensure(*, in_use: set[Path] | None = None, force: bool = False) -> Image:
     """Return the current image, building whatever layer is missing or stale."""
     images_dir().mkdir(parents=True, exist_ok=True)
+    with _build_lock():
+        return _ensure(in_use=in_use, force=force)
+
+
+def _ensure(*, in_use: set[Path] | None, force: bool) -> Image:
     cache = dev_home() / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     bkey = base_key()

@@ -1,1 +1,1 @@
-"""controller: see docs/architecture.md (not built yet)."""
+"""The controller: the platform's REST API on PostgreSQL (see docs/controller.md)."""

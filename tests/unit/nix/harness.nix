@@ -53,6 +53,14 @@ let
     wheel = "wheel";
     aiohttp = "aiohttp";
     click = "click";
+    cryptography = "cryptography";
+    dnslib = "dnslib";
+    h2 = "h2";
+    httptools = "httptools";
+    psycopg = "psycopg";
+    psycopg-pool = "psycopg-pool";
+    pysyncobj = "pysyncobj";
+    tomli-w = "tomli-w";
     uvloop = "uvloop";
     pystemd = "pystemd";
     systemd = "systemd";
