@@ -1,10 +1,12 @@
-"""The host API on :1113 (aiohttp). Today: ``GET /host/status``."""
+"""The host API on :1113 (aiohttp): ``GET /host/status``, plus the job runtime's routes
+(:mod:`flynn.host.jobs.api`) when the daemon runs one."""
 
 from __future__ import annotations
 
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -12,6 +14,11 @@ import flynn
 from flynn.common.http import error_middleware
 from flynn.host import sysinfo
 from flynn.host.identity import HostIdentity
+
+if TYPE_CHECKING:
+    from flynn.host.jobs.journal import LogSource
+    from flynn.host.jobs.manager import JobManager
+    from flynn.host.jobs.platform import Platform
 
 IDENTITY: web.AppKey[HostIdentity] = web.AppKey("identity", HostIdentity)
 CLOCK: web.AppKey[sysinfo.Clock] = web.AppKey("clock", sysinfo.Clock)
@@ -37,10 +44,22 @@ async def host_status(request: web.Request) -> web.Response:
     )
 
 
-def make_app(identity: HostIdentity, *, build_file: Path = Path("/opt/flynn/BUILD")) -> web.Application:
+def make_app(
+    identity: HostIdentity,
+    *,
+    build_file: Path = Path("/opt/flynn/BUILD"),
+    jobs: JobManager | None = None,
+    logs: LogSource | None = None,
+    platform: Platform | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
     app[IDENTITY] = identity
     app[CLOCK] = sysinfo.Clock()
     app[BUILD] = sysinfo.read_first_line(build_file) or "source"
     app.router.add_get("/host/status", host_status)
+    if jobs is not None:
+        from flynn.host.jobs.api import add_routes
+        from flynn.host.jobs.journal import Journal
+
+        add_routes(app, manager=jobs, logs=logs or Journal(), platform=platform)
     return app

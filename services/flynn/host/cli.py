@@ -17,6 +17,8 @@ import flynn
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.http import Client
 from flynn.host import sysinfo
+from flynn.host.bootstrap import bootstrap_command
+from flynn.host.client import SyncHostClient
 from flynn.host.config import DEFAULT_PORT, HostConfig
 
 DISCOVERD_ENV = Path("/etc/flynn/discoverd.env")
@@ -227,3 +229,152 @@ def init(peers: str, addr: str | None, secret_file: Any, ttl: int | None, no_sta
         except APIError:
             time.sleep(0.2)
     _fail("discoverd did not answer on :1111 within 30s; see journalctl -u flynn-discoverd")
+
+
+# -- jobs (talk to the local host API) -----------------------------------------------------------
+
+host_option = click.option(
+    "--host", "api_host", default="127.0.0.1", show_default=True, help="host API to ask"
+)
+port_option = click.option(
+    "--port", "api_port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True
+)
+
+
+def _host_client(host: str, port: int, timeout: float = 10) -> SyncHostClient:
+    try:
+        return SyncHostClient(f"http://{host}:{port}", timeout=timeout)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _age(stamp: str | None, now: float | None = None) -> str:
+    """``12s ago`` for an RFC 3339 time, ``-`` when there is none."""
+    if not stamp:
+        return "-"
+    from datetime import datetime
+
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return stamp
+    secs = max(0, int((time.time() if now is None else now) - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+@main.command()
+@host_option
+@port_option
+@click.option("-a", "--all", "show_all", is_flag=True, help="include finished jobs")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def ps(api_host: str, api_port: int, show_all: bool, as_json: bool) -> None:
+    """List this host's jobs (running ones; -a: with the finished ones)."""
+    try:
+        jobs = _host_client(api_host, api_port).list_jobs(all=show_all)
+    except APIError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    rows = [
+        (
+            j["id"],
+            j.get("app_name") or "-",
+            j.get("type") or "-",
+            j["state"] + (f" ({j['exit_status']})" if j.get("exit_status") not in (None, 0) else ""),
+            _age(j.get("started_at") or j.get("created_at")),
+        )
+        for j in jobs
+    ]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(PS_HEADER)]
+    for row in [PS_HEADER, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+PS_HEADER = ("JOB ID", "APP", "TYPE", "STATE", "STARTED")
+
+
+@main.command()
+@host_option
+@port_option
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the job ends")
+@click.option("-n", "--lines", type=click.IntRange(0, 100_000), help="only the last N lines")
+@click.argument("job_id", metavar="JOB")
+def log(api_host: str, api_port: int, follow: bool, lines: int | None, job_id: str) -> None:
+    """Print a job's output (from the journal)."""
+    client = _host_client(api_host, api_port, timeout=30)
+    try:
+        for line in client.job_log(job_id, lines=lines, follow=follow):
+            click.echo(line)
+    except APIError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@host_option
+@port_option
+@click.argument("job_id", metavar="JOB")
+def stop(api_host: str, api_port: int, job_id: str) -> None:
+    """Stop a job: deregister it, then SIGTERM (SIGKILL after its stop timeout)."""
+    try:
+        job = _host_client(api_host, api_port).stop_job(job_id)
+    except APIError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{job['id']} {job['state']}")
+
+
+@main.command()
+@host_option
+@port_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.argument("job_id", metavar="JOB")
+def inspect(api_host: str, api_port: int, as_json: bool, job_id: str) -> None:
+    """Show everything the host knows of a job (never its env)."""
+    try:
+        job = _host_client(api_host, api_port).get_job(job_id)
+    except APIError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(job, indent=2))
+        return
+    for key in INSPECT_KEYS:
+        value = job.get(key)
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value) if value else None
+        click.echo(f"{key.upper():<12} {'-' if value is None or value == '' else value}")
+
+
+INSPECT_KEYS = (
+    "id",
+    "host_id",
+    "app_id",
+    "app_name",
+    "release_id",
+    "type",
+    "state",
+    "unit",
+    "port",
+    "service",
+    "args",
+    "artifact",
+    "exit_status",
+    "signal",
+    "error",
+    "created_at",
+    "started_at",
+    "up_at",
+    "finished_at",
+)
+
+main.add_command(bootstrap_command)

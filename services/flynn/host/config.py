@@ -19,6 +19,7 @@ class HostConfig:
     host_id: str | None = None
     addr: str | None = None  # cluster address announced in discoverd; default: first IPv4 address
     build_file: Path = Path("/opt/flynn/BUILD")
+    etc_dir: Path = Path("/etc/flynn")  # platform services' env files (PUT /host/platform/:name)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HostConfig:
