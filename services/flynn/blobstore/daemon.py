@@ -1,0 +1,156 @@
+"""``flynn-blobstore``: the blob HTTP service, run by flynn-blobstore.service.
+
+Start: read the configuration (a bad one is a one-line error and exit 1), register the secrets,
+apply the backend's schema (waiting up to ``BLOBSTORE_DB_WAIT`` seconds for the database), serve
+HTTP, tell systemd READY=1, then register in discoverd as ``blobstore`` when ``BLOBSTORE_ADDR`` is
+set (in the background, retrying: the blobstore serves whether or not discoverd is up).
+Stop (SIGTERM/SIGINT): deregister, finish the requests in flight (up to 10 s), close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from flynn.blobstore.api import make_app
+from flynn.blobstore.backends import create_backend
+from flynn.blobstore.backends.base import Backend, BackendUnavailable
+from flynn.blobstore.config import SERVICE, BlobstoreConfig
+from flynn.common import sdnotify
+from flynn.common.errors import APIError, ConfigError
+from flynn.common.log import register_secret, setup_logging
+from flynn.discoverd.client import Client as DiscoverdClient
+from flynn.discoverd.client import Registration
+
+log = logging.getLogger("flynn.blobstore")
+
+
+async def register_forever(client: DiscoverdClient, addr: str, meta: dict[str, str]) -> Registration:
+    """Register ``blobstore`` at ``addr``, retrying (with backoff) until discoverd answers."""
+    delay = 1.0
+    while True:
+        try:
+            reg = await client.register(SERVICE, addr, meta=meta)
+        except APIError as exc:
+            log.warning("cannot register in discoverd yet: %s; retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        log.info("registered in discoverd as %s at %s", SERVICE, addr)
+        return reg
+
+
+class Announcer:
+    """The discoverd registration, made in the background and withdrawn at stop."""
+
+    def __init__(self, cfg: BlobstoreConfig) -> None:
+        self.client = DiscoverdClient(cfg.discoverd_urls)
+        self.addr = cfg.addr
+        self.meta = {"backend": cfg.default.kind}
+        self.task: asyncio.Task[Registration] | None = None
+
+    def start(self) -> None:
+        if self.addr is not None:
+            self.task = asyncio.get_running_loop().create_task(
+                register_forever(self.client, self.addr, self.meta), name="discoverd-register"
+            )
+
+    async def stop(self) -> None:
+        task = self.task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await task.result().close()
+        elif task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.close()
+
+
+async def start_http(cfg: BlobstoreConfig, backend: Backend) -> web.AppRunner | None:
+    runner = web.AppRunner(
+        make_app(backend, max_bytes=cfg.max_bytes), access_log=None, handle_signals=False, shutdown_timeout=10
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.listen_ip, cfg.port, reuse_address=True).start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", cfg.listen_ip, cfg.port, exc.strerror or exc)
+        await runner.cleanup()
+        return None
+    return runner
+
+
+async def serve(cfg: BlobstoreConfig) -> int:
+    setup_logging("blobstore")
+    for secret in cfg.secrets():
+        register_secret(secret)
+    try:
+        backend = create_backend(cfg)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    sdnotify.status("applying the schema")
+    try:
+        await backend.start(wait=cfg.db_wait)
+    except BackendUnavailable as exc:
+        log.error("backend %s: %s", backend.name, exc)
+        await backend.stop()
+        return 1
+    runner = await start_http(cfg, backend)
+    if runner is None:
+        await backend.stop()
+        return 1
+    log.info(
+        "blobstore on %s:%d, backend %s (%s), max blob %d bytes",
+        cfg.listen_ip,
+        cfg.port,
+        backend.name,
+        backend.kind,
+        cfg.max_bytes,
+    )
+    sdnotify.ready(f"serving :{cfg.port}, backend {backend.name}")
+    watchdog = sdnotify.start_watchdog()
+    announcer = Announcer(cfg)
+    announcer.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        sdnotify.stopping()
+        await sdnotify.cancel(watchdog)
+        await announcer.stop()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        await backend.stop()
+    return 0
+
+
+def main() -> None:
+    try:
+        cfg = BlobstoreConfig.from_env()
+    except ConfigError as exc:
+        print(f"flynn-blobstore: {exc}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        import uvloop
+    except ImportError:
+        code = asyncio.run(serve(cfg))
+    else:
+        code = uvloop.run(serve(cfg))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
