@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flynn_dev import image, netns
 from flynn_dev.hosts import Host
@@ -121,7 +122,7 @@ class Cluster:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def up(self, count: int) -> None:
+    def up(self, count: int, *, discoverd_only: bool = False) -> None:
         if not 1 <= count <= MAX_HOSTS:
             raise DevError(f"host count must be 1-{MAX_HOSTS}, got {count}")
         with self.locked():
@@ -149,7 +150,42 @@ class Cluster:
             self.write_hosts_file(names)
             netns.setup(self.subnet)
             self._boot([self._host(n) for n in names], state)
-            self._init_discoverd([self._host(n) for n in names], state)
+            if discoverd_only:
+                self._init_discoverd([self._host(n) for n in names], state)
+            else:
+                self._bootstrap([self._host(n) for n in names], state)
+
+    @property
+    def domain(self) -> str:
+        return f"{netns.NAME}.flynn.test"  # .test: reserved for testing (RFC 6761), never resolves outside
+
+    def _bootstrap(self, hosts: list[Host], state: ClusterState) -> None:
+        """`flynn-host bootstrap` on the first host: discoverd, PostgreSQL, controllers, schedulers."""
+        t0 = time.monotonic()
+        argv = [
+            "/opt/flynn/venv/bin/flynn-host",
+            "bootstrap",
+            "--hosts",
+            ",".join(state.peers),
+            "--domain",
+            self.domain,
+            "--raft-secret-file",
+            "-",
+        ]
+        proc = hosts[0].run(argv, timeout=600, input=self.secret() + "\n")
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise DevError(f"flynn-host bootstrap failed: {lines[-1] if lines else proc.returncode}")
+        for line in proc.stdout.strip().splitlines():
+            print(f"cluster: {line}", flush=True)
+        print(f"cluster: bootstrapped in {time.monotonic() - t0:.1f}s", flush=True)
+
+    def bootstrap_result(self) -> dict[str, Any]:
+        """What `flynn-host bootstrap` wrote on host1 (key, TLS pin, controller URL)."""
+        proc = self._host("host1").run(["cat", "/etc/flynn/bootstrap.json"])
+        if proc.returncode != 0:
+            raise DevError("the cluster is not bootstrapped (no /etc/flynn/bootstrap.json on host1)")
+        return dict(json.loads(proc.stdout))
 
     def _boot(self, hosts: list[Host], state: ClusterState) -> None:
         t0 = time.monotonic()
@@ -365,8 +401,11 @@ def _rmtree(path: Path) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/cluster", description="Local cluster of systemd hosts.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    up = sub.add_parser("up", help="boot N hosts")
+    up = sub.add_parser("up", help="boot N hosts and bootstrap the cluster on them")
     up.add_argument("count", metavar="N")
+    up.add_argument(
+        "--discoverd-only", action="store_true", help="start only discoverd on the hosts (no bootstrap)"
+    )
     down = sub.add_parser("down", help="power off every host and remove the network")
     down.add_argument("--wipe", action="store_true", help="also delete the hosts' state")
     sub.add_parser("add", help="boot one more host")
@@ -397,7 +436,7 @@ def _up(cluster: Cluster, args: argparse.Namespace) -> None:
         count = int(args.count)
     except ValueError:
         raise DevError(f"host count must be a number, got {args.count!r}") from None
-    cluster.up(count)
+    cluster.up(count, discoverd_only=args.discoverd_only)
 
 
 def _image(cluster: Cluster, args: argparse.Namespace) -> None:

@@ -127,12 +127,15 @@ def leftovers() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterHandle]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
+    """A fresh cluster for the module. A module that sets ``BOOTSTRAP = True`` gets the whole platform
+    (`flynn-host bootstrap`: PostgreSQL, controllers, schedulers); the others only discoverd."""
     c = ClusterHandle(HOSTS)
     pre = c.cli("status", "--json")
     if pre.rc == 0 and any(h["state"] != "stopped" for h in json.loads(pre.out)["hosts"]):
         c.cli("down", "--wipe")  # a previous run that was cut off
-    res = c.cli("up", str(len(HOSTS)), timeout=1800)
+    mode = [] if getattr(request.module, "BOOTSTRAP", False) else ["--discoverd-only"]
+    res = c.cli("up", str(len(HOSTS)), *mode, timeout=1800)
     assert res.rc == 0, f"cluster up failed: {res.err or res.out}"
     print(res.out)
     try:

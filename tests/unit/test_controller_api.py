@@ -411,6 +411,9 @@ def test_job_reports(controller: ControllerHandle) -> None:
     n_events = len(api.get("/events", params={"object_types": "job"}))
     same = api.put(f"/apps/j/jobs/{job['id']}", {"state": "starting"})
     assert same == job
+    # a reporter may repeat the job's identity (the scheduler sends whole jobs) when it matches
+    ident = {"app_id": job["app_id"], "host_id": "host1", "uuid": job["uuid"]}
+    assert api.put(f"/apps/j/jobs/{job['id']}", {"state": "starting", **ident}) == job
     assert len(api.get("/events", params={"object_types": "job"})) == n_events  # no change, no event
     up = api.put(f"/apps/j/jobs/{job['id']}", {"state": "up"})
     assert up["state"] == "up"
@@ -438,6 +441,13 @@ def test_job_reports(controller: ControllerHandle) -> None:
         ),
         (f"/apps/j/jobs/{jid}", {"state": "up", "release_id": rel["id"], "type": "web", "bogus": 1}, "bogus"),
         (f"/apps/j/jobs/{job['id']}", {"state": "up", "type": "worker"}, "type"),
+        (f"/apps/j/jobs/{job['id']}", {"state": "up", "app_id": rel["id"]}, "app_id"),
+        (f"/apps/j/jobs/{job['id']}", {"state": "up", "host_id": "host2"}, "host_id"),
+        (
+            f"/apps/j/jobs/{job['id']}",
+            {"state": "up", "uuid": "00000000-0000-4000-8000-000000000009"},
+            "uuid",
+        ),
     ]:
         e = err(api.put, path, body)
         assert e.status == 400, (body, e)

@@ -270,6 +270,7 @@ class API:
         report = schema.job_put(await schema.read_body(request))
         async with self.db.transaction() as tx:
             app = await apps_repo.get(tx, request.match_info["app"])
+            report.check_identity(job_id, str(app["id"]))
             job, created = await jobs_repo.put(tx, app, job_id, report)
         return _json(job, 201 if created else 200)
 

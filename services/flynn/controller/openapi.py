@@ -273,6 +273,10 @@ SCHEMAS: J = {
             "host_error": nullable({"type": "string", "maxLength": s.MAX_TEXT}),
             "restarts": nullable({"type": "integer", "minimum": 0, "maximum": s.INT32}),
             "meta": nullable(ref("Meta")),
+            # the job's identity, optional: must match the path when given
+            "app_id": nullable({"type": "string", "maxLength": 64}),
+            "host_id": nullable({"type": "string", "maxLength": 64}),
+            "uuid": nullable({"type": "string", "maxLength": 64}),
         },
         ["state"],
     ),

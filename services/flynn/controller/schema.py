@@ -534,11 +534,38 @@ class JobReport:
     restarts: int | None
     meta: dict[str, str] | None
     present: set[str]
+    # identity fields a reporter may repeat (the scheduler sends whole jobs): checked against the path
+    app_id: str | None = None
+    host_id: str | None = None
+    uuid: str | None = None
+
+    def check_identity(self, job_id: str, app_id: str) -> None:
+        host, job_uuid = path_job_id(job_id)
+        if self.app_id is not None and self.app_id != app_id:
+            fail("app_id", f"is {self.app_id}, but the path names app {app_id}")
+        if self.host_id is not None and self.host_id != host:
+            fail("host_id", f"is {self.host_id}, but job {job_id} is on host {host}")
+        if self.uuid is not None and self.uuid != job_uuid:
+            fail("uuid", f"is {self.uuid}, but the job id holds {job_uuid}")
 
 
 def job_put(value: Any) -> JobReport:
     body = obj(
-        value, "", {"release_id", "type", "state", "args", "exit_status", "host_error", "restarts", "meta"}
+        value,
+        "",
+        {
+            "release_id",
+            "type",
+            "state",
+            "args",
+            "exit_status",
+            "host_error",
+            "restarts",
+            "meta",
+            "app_id",
+            "host_id",
+            "uuid",
+        },
     )
     if "state" not in body:
         fail("state", "is required")
@@ -565,7 +592,10 @@ def job_put(value: Any) -> JobReport:
         host_error=None if body.get("host_error") is None else string(body["host_error"], "host_error"),
         restarts=None if body.get("restarts") is None else integer(body["restarts"], "restarts", 0, INT32),
         meta=None if body.get("meta") is None else meta(body["meta"]),
-        present=set(body),
+        present=set(body) - {"app_id", "host_id", "uuid"},
+        app_id=None if body.get("app_id") is None else string(body["app_id"], "app_id", max_len=64),
+        host_id=None if body.get("host_id") is None else string(body["host_id"], "host_id", max_len=64),
+        uuid=None if body.get("uuid") is None else string(body["uuid"], "uuid", max_len=64),
     )
 
 

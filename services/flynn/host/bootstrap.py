@@ -39,6 +39,7 @@ DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a
 # Platform apps known to the controller. Their processes are systemd units of units/, not
 # scheduled jobs: they get releases (their configuration, e.g. the controller's AUTH_KEY) but no
 # formation.
+DATABASES = ("controller", "blobstore")  # one PostgreSQL role and database per service
 SYSTEM_APPS = ("controller", "scheduler", "router", "blobstore", "gitreceive", "logaggregator", "status")
 
 
@@ -58,7 +59,7 @@ class Options:
 @dataclass
 class Secrets:
     auth_key: str
-    postgres_password: str
+    db_passwords: dict[str, str]  # PostgreSQL role (= database) -> password
     raft_secret: str
     ca_cert: str
     tls_cert: str
@@ -70,14 +71,14 @@ class Secrets:
         ca_cert, tls_cert, tls_key, pin = make_certificates(domain, hosts)
         s = cls(
             auth_key=secrets.token_hex(32),
-            postgres_password=secrets.token_hex(24),
+            db_passwords={role: secrets.token_hex(24) for role in DATABASES},
             raft_secret=raft_secret or secrets.token_hex(32),
             ca_cert=ca_cert,
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_pin=pin,
         )
-        for value in (s.auth_key, s.postgres_password, s.raft_secret, s.tls_key):
+        for value in (s.auth_key, s.raft_secret, s.tls_key, *s.db_passwords.values()):
             register_secret(value)
         return s
 
@@ -209,6 +210,7 @@ class Bootstrap:
         await self._step("postgres", self._postgres(s))
         await self._step("controller", self._controller(s))
         await self._step("system apps", self._system_apps(s))
+        await self._step("blobstore", self._blobstore(s))
         await self._step("scheduler", self._scheduler(s))
         first = self.opts.hosts[0]
         return Result(
@@ -265,14 +267,15 @@ class Bootstrap:
 
     async def _postgres(self, s: Secrets) -> None:
         first = self.opts.hosts[0]
-        await self._configure("postgres", first, {"FLYNN_PG_CONTROLLER_PASSWORD": s.postgres_password})
+        env = {f"FLYNN_PG_{role.upper()}_PASSWORD": pw for role, pw in s.db_passwords.items()}
+        await self._configure("postgres", first, env)
 
         async def accepting() -> bool:
             import psycopg
 
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._database_url(s), connect_timeout=3, autocommit=True
+                    self._database_url(s, "controller"), connect_timeout=3, autocommit=True
                 )
             except psycopg.OperationalError:
                 return False
@@ -281,15 +284,14 @@ class Bootstrap:
 
         await wait_for(f"PostgreSQL on {first}", accepting, self.opts.step_timeout)
 
-    def _database_url(self, s: Secrets) -> str:
-        return (
-            f"postgresql://controller:{s.postgres_password}@{self.opts.hosts[0]}:{POSTGRES_PORT}/controller"
-        )
+    def _database_url(self, s: Secrets, role: str) -> str:
+        password = s.db_passwords[role]
+        return f"postgresql://{role}:{password}@{self.opts.hosts[0]}:{POSTGRES_PORT}/{role}"
 
     async def _controller(self, s: Secrets) -> None:
         for ip in self.opts.hosts:
             env = {
-                "DATABASE_URL": self._database_url(s),
+                "DATABASE_URL": self._database_url(s, "controller"),
                 "AUTH_KEY": s.auth_key,
                 "CLUSTER_DOMAIN": self.opts.domain,
                 "CONTROLLER_PORT": str(CONTROLLER_PORT),
@@ -325,11 +327,22 @@ class Bootstrap:
                     "app_id": app["id"],
                     "artifacts": [],
                     "env": envs.get(name, {}),
-                    "meta": {"unit": unit},
+                    # the controller reloads its keys itself: no restart for them (scheduler/platform.py)
+                    "meta": {"unit": unit, **({"live_env": "AUTH_KEY"} if name == "controller" else {})},
                     "processes": {"web": {"args": [f"/opt/flynn/venv/bin/flynn-{name}"]}},
                 },
             )
             api.put(f"/apps/{app['id']}/release", {"id": release["id"]})
+
+    async def _blobstore(self, s: Secrets) -> None:
+        for ip in self.opts.hosts:
+            env = {"DATABASE_URL": self._database_url(s, "blobstore"), "BLOBSTORE_ADDR": ip}
+            await self._configure("blobstore", ip, env)
+
+        async def all_up() -> bool:
+            return len(await self.discoverd.instances("blobstore")) >= len(self.opts.hosts)
+
+        await wait_for("a blobstore on every host", all_up, self.opts.step_timeout)
 
     async def _scheduler(self, s: Secrets) -> None:
         for ip in self.opts.hosts:

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -245,6 +245,18 @@ class HostClient:
             body["secret"] = secret
         path = f"/host/platform/{quote(name, safe='')}"
         return dict(await self.request("PUT", path, body, timeout=max(self.timeout, PLATFORM_TIMEOUT)))
+
+    async def app_env_digest(self, name: str) -> dict[str, Any]:
+        """``GET /host/platform/:name/app-env``: the overlay's sha256 and variable names."""
+        return dict(await self.request("GET", f"/host/platform/{quote(name, safe='')}/app-env"))
+
+    async def set_app_env(
+        self, name: str, env: Mapping[str, str], *, live: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """``PUT /host/platform/:name/app-env``: write the system app's env overlay; the host
+        restarts the unit when a variable outside ``live`` changed (answers once it is done)."""
+        body = {"env": dict(env), "live": list(live)}
+        return dict(await self.request("PUT", f"/host/platform/{quote(name, safe='')}/app-env", body))
 
 
 class JobWatch:

@@ -94,6 +94,10 @@ class ControllerAPI:
                     log.info("controllers: %s", ", ".join(urls))
                 self._set_urls(urls)
 
+    async def client(self) -> AsyncClient:
+        """The controller client (waiting briefly until a controller is known)."""
+        return await self._get_client()
+
     async def _get_client(self) -> AsyncClient:
         if self._client is None:
             await wait_event(self._known, self._wait_for_url)

@@ -31,6 +31,7 @@ from flynn.scheduler.config import SchedulerConfig
 from flynn.scheduler.controller import ControllerAPI
 from flynn.scheduler.core import Role, Scheduler
 from flynn.scheduler.gate import DiscoverdGate
+from flynn.scheduler.platform import ControllerPlatformSource, DiscoverdPlatformHosts, PlatformSync
 
 SERVICE = "flynn-scheduler"
 log = logging.getLogger("flynn.scheduler")
@@ -71,6 +72,7 @@ class Daemon:
         )
         self.cluster = HostsCluster(self.discoverd, self.session)
         self.scheduler: Scheduler | None = None
+        self.platform: PlatformSync | None = None
         self.registration: Registration | None = None
         self.gate: DiscoverdGate | None = None
         self.tasks: list[asyncio.Task[Any]] = []
@@ -95,8 +97,15 @@ class Daemon:
             sdnotify.status(f"{role}; status on {self.cfg.announce}")
 
         self.scheduler = Scheduler(self.cluster, self.controller, self.gate, on_role=on_role)
+        self.platform = PlatformSync(
+            ControllerPlatformSource(self.controller),
+            DiscoverdPlatformHosts(self.discoverd, self.session),
+            self.gate,
+            local_ip=self.cfg.addr,
+        )
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.scheduler.run(), name="scheduler"))
+        self.tasks.append(loop.create_task(self.platform.run(), name="platform-sync"))
         if self.cfg.controller_url is None:
             self.tasks.append(
                 loop.create_task(self.controller.follow_discoverd(self.discoverd), name="controllers")

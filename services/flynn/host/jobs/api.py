@@ -234,6 +234,22 @@ async def put_platform(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+async def get_app_env(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(request.app[PLATFORM].app_env_digest(request.match_info["name"]))
+    except PlatformError as exc:
+        return _error(exc.status, str(exc))
+
+
+async def put_app_env(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    try:
+        answer = await request.app[PLATFORM].set_app_env(request.match_info["name"], body)
+    except PlatformError as exc:
+        return _error(exc.status, str(exc))
+    return web.json_response(answer)
+
+
 def add_routes(
     app: web.Application,
     *,
@@ -253,3 +269,5 @@ def add_routes(
     if platform is not None:
         app[PLATFORM] = platform
         app.router.add_put("/host/platform/{name}", put_platform)
+        app.router.add_get("/host/platform/{name}/app-env", get_app_env)
+        app.router.add_put("/host/platform/{name}/app-env", put_app_env)

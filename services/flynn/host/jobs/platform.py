@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from flynn.common.envfile import digest, parse_env, render_env
 from flynn.host.client import PLATFORM_NAMES
 from flynn.host.jobs.spec import ENV_NAME_RE, MAX_ENV, MAX_ENV_VALUE
 
@@ -41,19 +40,6 @@ class PlatformBackend(Protocol):
     async def wait_job(self, job_path: str, max_wait: float) -> str: ...
 
     async def unit_properties(self, name: str) -> dict[str, Any] | None: ...
-
-
-_NEEDS_ESCAPE = re.compile(r'(["\\`$])')
-
-
-def quote_env_value(value: str) -> str:
-    """A value for a systemd ``EnvironmentFile=`` line: double-quoted, with ``\\ " ` $`` escaped
-    (newlines are kept inside the quotes, which systemd reads as part of the value)."""
-    return '"' + _NEEDS_ESCAPE.sub(r"\\\1", value) + '"'
-
-
-def render_env(env: Mapping[str, str]) -> str:
-    return "".join(f"{name}={quote_env_value(value)}\n" for name, value in sorted(env.items()))
 
 
 MAX_SECRET = 4096
@@ -113,10 +99,7 @@ class Platform:
         return self.etc_dir / f"{name}.secret"
 
     async def configure(self, name: str, body: object) -> dict[str, Any]:
-        if name not in PLATFORM_NAMES:
-            raise PlatformError(
-                404, f"unknown platform service {name[:40]!r} (one of {', '.join(PLATFORM_NAMES)})"
-            )
+        self._check_name(name)
         env, secret = validate_body(body)
         unit = f"flynn-{name}.service"
         state = await self.backend.load_state(unit)
@@ -141,6 +124,65 @@ class Platform:
         if result != "done":
             raise PlatformError(500, f"{unit} did not start (job {result}); see journalctl -u {unit}")
         return answer
+
+    def app_env_file(self, name: str) -> Path:
+        """The overlay from the service's system app release (``flynn -a NAME env set``), read by
+        the unit after its base env file, so it wins."""
+        return self.etc_dir / f"{name}.app.env"
+
+    def _read_env(self, path: Path) -> dict[str, str]:
+        try:
+            return parse_env(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise PlatformError(500, f"{path} is not in the platform's form: {exc}") from None
+
+    def app_env_digest(self, name: str) -> dict[str, Any]:
+        """What ``GET /host/platform/:name/app-env`` answers: a digest and the names, never values."""
+        self._check_name(name)
+        env = self._read_env(self.app_env_file(name))
+        return {"name": name, "sha256": digest(env), "keys": sorted(env)}
+
+    async def set_app_env(self, name: str, body: object) -> dict[str, Any]:
+        """Write the app env overlay; restart the unit when it runs and a variable other than the
+        ``live`` ones (which the service picks up by itself, e.g. the controller's AUTH_KEY)
+        changed its effective value."""
+        self._check_name(name)
+        if not isinstance(body, dict) or set(body) - {"env", "live"}:
+            raise PlatformError(400, 'the body must be {"env": {...}, "live"?: ["NAME", ...]}')
+        env = validate_env({"env": body.get("env", {})})
+        live = body.get("live", [])
+        if not isinstance(live, list) or not all(isinstance(x, str) for x in live):
+            raise PlatformError(400, "live must be a list of variable names")
+        unit = f"flynn-{name}.service"
+        base = self._read_env(self.env_file(name))
+        before = {**base, **self._read_env(self.app_env_file(name))}
+        after = {**base, **env}
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        self._write(self.app_env_file(name), render_env(env))
+        props = await self.backend.unit_properties(unit) or {}
+        active = props.get("ActiveState") in ("active", "activating", "reloading")
+        restart = active and bool(set(changed) - set(live))
+        log.info(
+            "wrote %s (%d variables, %d changed)%s",
+            self.app_env_file(name),
+            len(env),
+            len(changed),
+            f"; restarting {unit}" if restart else "",
+        )
+        result = "not needed"
+        if restart:
+            result = await self.backend.wait_job(await self.backend.restart(unit), RESTART_TIMEOUT)
+            if result != "done":
+                raise PlatformError(500, f"{unit} did not restart (job {result}); see journalctl -u {unit}")
+        return {**self.app_env_digest(name), "changed": changed, "restarted": restart, "result": result}
+
+    def _check_name(self, name: str) -> None:
+        if name not in PLATFORM_NAMES:
+            raise PlatformError(
+                404, f"unknown platform service {name[:40]!r} (one of {', '.join(PLATFORM_NAMES)})"
+            )
 
     def _write(self, path: Path, text: str) -> None:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
