@@ -594,7 +594,7 @@ def test_platform_endpoint_writes_env_and_restarts_the_service(
 
 
 def answer_env(env: dict[str, str]) -> str:
-    from flynn.host.jobs.platform import render_env
+    from flynn.common.envfile import render_env
 
     return render_env(env)
 

@@ -183,7 +183,10 @@ def test_unit_is_notify_dynamic_user_without_capabilities() -> None:
     assert svc["DynamicUser"] == "yes"
     assert svc["CapabilityBoundingSet"] == ""
     assert svc.get("AmbientCapabilities", "") == ""
-    assert svc["EnvironmentFile"] == "/etc/flynn/blobstore.env"
+    env_files = [
+        ln.split("=", 1)[1] for ln in UNIT.read_text().splitlines() if ln.startswith("EnvironmentFile=")
+    ]
+    assert env_files == ["/etc/flynn/blobstore.env", "-/etc/flynn/blobstore.app.env"]
     assert svc["ExecStart"] == "/opt/flynn/venv/bin/flynn-blobstore"
     assert svc["Slice"] == "flynn.slice"
     for key in ("ProtectSystem", "NoNewPrivileges", "PrivateTmp", "PrivateDevices", "MemoryDenyWriteExecute"):
