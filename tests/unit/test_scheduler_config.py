@@ -115,7 +115,10 @@ def test_the_unit_is_notify_dynamic_user_without_capabilities() -> None:
     assert svc["DynamicUser"] == "yes"
     assert svc["CapabilityBoundingSet"] == ""
     assert svc["AmbientCapabilities"] == ""
-    assert svc["EnvironmentFile"] == "/etc/flynn/scheduler.env"
+    env_files = [
+        ln.split("=", 1)[1] for ln in UNIT.read_text().splitlines() if ln.startswith("EnvironmentFile=")
+    ]
+    assert env_files == ["/etc/flynn/scheduler.env", "-/etc/flynn/scheduler.app.env"]
     assert cp["Unit"]["ConditionPathExists"] == "/etc/flynn/scheduler.env"
     assert svc["Restart"] == "always"
     assert svc["WatchdogSec"] == "30s"
