@@ -101,8 +101,11 @@ def systemd_round(hosts: dict[str, str], n: int, app_dir: str, round_no: int) ->
     with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
         targets = [t for ts in pool.map(start, sorted(hosts)) for t in ts]
     pending = set(targets)
+    deadline = t0 + 120
     while pending:
         pending = {t for t in pending if not accepting(*t)}
+        if pending and time.monotonic() > deadline:
+            sys.exit(f"bench: {len(pending)} systemd-run units never accepted connections")
         if pending:
             time.sleep(0.02)
     took = time.monotonic() - t0
@@ -131,7 +134,7 @@ def main() -> None:
             flynn(rc, "create", "scaleapp")
             flynn(rc, "-a", "scaleapp", "release", "add", "-f", str(Path(tmp) / "release.json"), url)
             # the app's files on every host, for the systemd-run peer
-            app_dir = "/var/tmp/bench-app"  # noqa: S108 - a path inside the test hosts
+            app_dir = "/srv/bench-app"  # not /var/tmp: DynamicUser units get a private one
             for host in hosts:
                 cluster(
                     "exec", host, "sh", "-c", f"mkdir -p {app_dir} && curl -sf {url} | tar xz -C {app_dir}"
