@@ -69,5 +69,18 @@ in
     };
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+
+    # journald keeps every job's output (docs/logs.md): the budget of the appliance image's
+    # /etc/systemd/journald.conf.d/50-flynn.conf
+    services.journald = {
+      storage = "persistent";
+      rateLimitInterval = "10s";
+      rateLimitBurst = 500000;
+      extraConfig = ''
+        SystemMaxUse=1G
+        SystemKeepFree=1G
+        SystemMaxFileSize=128M
+      '';
+    };
   };
 }

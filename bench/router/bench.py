@@ -330,6 +330,7 @@ def main() -> int:
                 "ROUTER_HTTPS_PORTS": str(tls),
                 "TLSCERT": str(cert),
                 "TLSKEY": str(key),
+                "ROUTER_STATUS_PORT": "0",  # its status API on any free port: nothing else collides
                 "FLYNN_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(REPO / "services"),
             },

@@ -33,13 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flynn_dev import image, netns
+from flynn_dev import etchosts, image, netns
 from flynn_dev.hosts import Host
 from flynn_dev.util import DevError, dev_home, human_bytes
 
 MAX_HOSTS = 50
 BOOT_TIMEOUT = float(os.environ.get("FLYNN_DEV_BOOT_TIMEOUT", "120"))
 READY_UNITS = ("flynn-host.service",)
+ETC_HOSTS_CLUSTER = "dev"  # the developer's cluster (scripts/up): its names go into /etc/hosts
 
 
 @dataclass
@@ -154,6 +155,7 @@ class Cluster:
                 self._init_discoverd([self._host(n) for n in names], state)
             else:
                 self._bootstrap([self._host(n) for n in names], state)
+                self._publish_names(state)
 
     @property
     def domain(self) -> str:
@@ -179,6 +181,15 @@ class Cluster:
         for line in proc.stdout.strip().splitlines():
             print(f"cluster: {line}", flush=True)
         print(f"cluster: bootstrapped in {time.monotonic() - t0:.1f}s", flush=True)
+
+    def _publish_names(self, state: ClusterState) -> None:
+        """The developer's cluster only: controller.DOMAIN and git.DOMAIN in the machine's
+        /etc/hosts (a managed block, removed by `down`), for `flynn cluster add ... DOMAIN KEY`."""
+        if netns.NAME != ETC_HOSTS_CLUSTER:
+            return
+        names = [f"controller.{self.domain}", f"git.{self.domain}"]
+        etchosts.install(netns.NAME, {ip: names for ip in state.peers})
+        print(f"cluster: {' '.join(names)} -> the routers, in /etc/hosts", flush=True)
 
     def bootstrap_result(self) -> dict[str, Any]:
         """What `flynn-host bootstrap` wrote on host1 (key, TLS pin, controller URL)."""
@@ -308,6 +319,8 @@ class Cluster:
                 h.unregister_machine()
                 h.remove_cgroups()
             netns.teardown()
+            if netns.NAME == ETC_HOSTS_CLUSTER:
+                etchosts.remove(netns.NAME)
             if wipe:
                 for h in hosts:
                     _rmtree(h.state_dir)

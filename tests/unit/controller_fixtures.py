@@ -22,6 +22,8 @@ the controller uses: services, instances, heartbeats, the leader stream) and the
 (``PUT/DELETE /host/jobs/:id`` and the attach WebSocket, see :class:`FakeHost`), so one-off jobs,
 ``flynn kill`` and ``flynn run`` reach something. :class:`FakeScheduler` plays the scheduler: it
 reads ``GET /formations?active=true`` and reports jobs through ``PUT /apps/:app/jobs/:id``.
+``cluster.aggregator`` is the real log aggregator API (tests/unit/aggregator_fixture.py),
+registered as ``logaggregator``, its lines added by the test.
 
 The controller and the fakes run on their own event loop in a background thread
 (:class:`LoopThread`), so synchronous tests (click's CliRunner, ``flynn.common.http.Client``) and
@@ -59,6 +61,7 @@ from flynn.controller.config import ControllerConfig
 from flynn.controller.service import Controller
 from flynn.discoverd.client import Client as DiscoverdClient
 from tests.pg import PostgresServer
+from tests.unit.aggregator_fixture import AggregatorHandle
 
 KEY = "test-controller-key-0123456789abcdef"
 T = TypeVar("T")
@@ -257,6 +260,7 @@ class FakeDiscoverd:
 class FakeCluster:
     discoverd: FakeDiscoverd
     hosts: dict[str, FakeHost]
+    aggregator: AggregatorHandle = field(default_factory=AggregatorHandle)  # the real log API
 
     @classmethod
     async def start(cls, host_ids: tuple[str, ...] = ("host1", "host2")) -> FakeCluster:
@@ -274,13 +278,17 @@ class FakeCluster:
                 "proto": "tcp",
                 "meta": {"id": hid},
             }
-        return cls(disc, hosts)
+        cluster = cls(disc, hosts)
+        await cluster.aggregator.start()
+        disc.instances.setdefault("logaggregator", {})["agg1"] = cluster.aggregator.instance()
+        return cluster
 
     def remove_host(self, host_id: str) -> None:
         """The host's discoverd instance expires (as when it is lost)."""
         self.discoverd.instances.get("flynn-host", {}).pop(host_id, None)
 
     async def stop(self) -> None:
+        await self.aggregator.stop()
         for runner in [self.discoverd.runner, *(h.runner for h in self.hosts.values())]:
             if runner is not None:
                 await runner.cleanup()

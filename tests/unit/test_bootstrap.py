@@ -49,6 +49,9 @@ def test_result_prints_both_cluster_add_lines() -> None:
         f"flynn cluster add -p PIN= default dev.flynn.test {'k' * 64}",
         f"flynn cluster add default http://192.168.250.11:1200 {'k' * 64}",
     ]
+    r.git_url = "http://192.168.250.11:1220"  # gitreceive's own port until the routers serve git.DOMAIN
+    direct = "flynn cluster add --git-url http://192.168.250.11:1220 default http://192.168.250.11:1200"
+    assert r.commands()[1] == f"{direct} {'k' * 64}"
 
 
 def test_bad_input_is_refused_with_one_line() -> None:

@@ -81,7 +81,9 @@ async def test_start_runs_a_unit_and_goes_up(aiohttp_client: Any, env: Env) -> N
     props = {p[0]: p[2] for p in env.systemd.props["flynn-job-host1-a.service"]}
     assert "SECRET=hunter2" in props["Environment"]
     assert "PORT=50000" in props["Environment"]
-    assert props["ExecStart"][0][0] in ("/usr/bin/sleep", "/bin/sleep")
+    argv = props["ExecStart"][0][1]  # through the log wrapper: [python, -I, -S, logwrap.py, IDENT, PATH, ...]
+    assert argv[3].endswith("/flynn/host/jobs/logwrap.py")
+    assert argv[5] in ("/usr/bin/sleep", "/bin/sleep")
     # the record on disk has no env
     record = (env.manager.store.dir / "host1-a.json").read_text()
     assert "hunter2" not in record
@@ -110,6 +112,12 @@ async def test_a_second_put_of_a_known_id_is_409_with_the_job(aiohttp_client: An
         ("host1-a", {"args": ["x"], "id": "host1-b"}, 400, "differs"),
         ("host1-a", {"args": ["x"], "nonsense": True}, 400, "unknown field"),
         ("host1-a", {"args": ["x"], "resources": {"memory": {"limit": 5}}}, 400, "resources.memory.limit"),
+        (
+            "host1-a",
+            {"args": ["x"], "app_mode": "build", "artifact": {"id": "a", "uri": "http://h/a"}},
+            400,
+            "app_mode build takes no artifact",
+        ),
         ("host1-a/b", {"args": ["x"]}, 404, ""),
     ],
 )
@@ -125,6 +133,22 @@ async def test_bad_input_is_4xx_json_and_changes_nothing(
     assert env.manager.listing(include_finished=True) == []
     assert env.events == []
     assert not (env.manager.store.dir).exists() or not list(env.manager.store.dir.iterdir())
+
+
+async def test_a_build_job_gets_its_writable_app_and_says_so(aiohttp_client: Any, env: Env) -> None:
+    client = await _client(aiohttp_client, env)
+    status, job = await put(client, "host1-b", {"args": ["sleep", "100"], "app_mode": "build"})
+    assert status == 201
+    assert job["app_mode"] == "build"
+    await wait_state(env.manager, "host1-b", "up")
+    props = {p[0]: p[2] for p in env.systemd.props["flynn-job-host1-b.service"]}
+    assert props["StateDirectory"] == ["flynn-build/host1-b"]
+    assert props["BindPaths"] == [("/var/lib/private/flynn-build/host1-b", "/app", False, 0)]
+    assert "BindReadOnlyPaths" not in props
+    resp = await client.get("/host/jobs/host1-b")
+    assert (await resp.json())["app_mode"] == "build"
+    status, plain = await put(client, "host1-p", {"args": ["sleep", "100"]})
+    assert plain["app_mode"] == "artifact"
 
 
 async def test_malformed_bodies(aiohttp_client: Any, env: Env) -> None:

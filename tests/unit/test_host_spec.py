@@ -185,3 +185,25 @@ def test_the_record_form_holds_no_env_and_round_trips() -> None:
     assert "hunter2" not in repr(spec)
     again = type(spec).from_record(record)
     assert again.to_record() == record
+
+
+def test_app_mode_defaults_to_artifact_and_build_is_kept_in_the_record() -> None:
+    assert parse_job(config(), "host1").app_mode == "artifact"
+    spec = parse_job(config(artifact=None, app_mode="build"), "host1")
+    assert spec.app_mode == "build"
+    assert type(spec).from_record(spec.to_record()).app_mode == "build"
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"artifact": None, "app_mode": "rw"}, "app_mode 'rw' is not one of artifact, build"),
+        ({"artifact": None, "app_mode": True}, "app_mode True is not one of"),
+        ({"app_mode": "build"}, "app_mode build takes no artifact"),
+    ],
+)
+def test_bad_app_modes_are_400(over: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        parse_job(config(**over), "host1")
+    assert err.value.status == 400
+    assert err.value.field == "app_mode"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flynn.host.jobs import logwrap
 from flynn.host.jobs.spec import parse_job
 from flynn.host.jobs.state import JobState
 from flynn.host.jobs.units import (
@@ -63,7 +66,11 @@ def test_unit_runs_the_args_in_the_jobs_slice_with_the_artifact_at_app() -> None
     props = props_of()
     assert props["Type"] == ("s", "exec")
     assert props["Slice"] == ("s", "flynn-jobs.slice")
-    assert props["ExecStart"] == ("a(sasb)", [("/app/bin/web", ["web", "--flag"], False)])
+    # through the log wrapper: stdout and stderr become two journal streams (logwrap.py)
+    wrapper = os.path.abspath(logwrap.__file__)
+    python = sys.executable
+    argv = [python, "-I", "-S", wrapper, "myapp-web", "/app/bin/web", "web", "--flag"]
+    assert props["ExecStart"] == ("a(sasb)", [(python, argv, False)])
     assert props["WorkingDirectory"] == ("s", "/app")
     assert props["BindReadOnlyPaths"] == ("a(ssbt)", [("/var/lib/flynn/artifacts/a1", "/app", False, 0)])
     assert props["TimeoutStopUSec"] == ("t", 7_000_000)
@@ -122,6 +129,7 @@ def test_attached_jobs_get_file_descriptors_instead_of_the_journal() -> None:
     assert named["StandardOutputFileDescriptor"] == ("h", 6)
     assert named["StandardErrorFileDescriptor"] == ("h", 7)
     assert "StandardOutput" not in named
+    assert named["ExecStart"] == ("a(sasb)", [("/bin/sh", list(spec(attach=True).args), False)])  # no wrapper
 
 
 def _exe(path: Path) -> None:
@@ -205,3 +213,30 @@ def test_unit_status_from_dbus_props() -> None:
 )
 def test_attach_exit_codes_are_shell_like(out: Outcome, code: int) -> None:
     assert attach_exit_code(out) == code
+
+
+def test_a_build_job_gets_a_writable_app_removed_when_it_ends() -> None:
+    props = props_of(app_mode="build")
+    assert "BindReadOnlyPaths" not in props
+    # systemd creates the directory owned by the job's dynamic user (0700 under /var/lib/private)
+    assert props["StateDirectory"] == ("as", ["flynn-build/host1-j1"])
+    assert props["StateDirectoryMode"] == ("u", 0o700)
+    assert props["BindPaths"] == ("a(ssbt)", [("/var/lib/private/flynn-build/host1-j1", "/app", False, 0)])
+    sig, [(path, argv, flags)] = props["ExecStopPostEx"]
+    assert sig == "a(sasas)"
+    assert (path, flags) == ("/bin/rm", ["privileged"])
+    assert argv == [
+        "/bin/rm", "-rf", "--one-file-system", "--",
+        "/proc/1/root/var/lib/private/flynn-build/host1-j1", "/proc/1/root/var/lib/flynn-build/host1-j1",
+    ]  # fmt: skip
+    # everything else is an ordinary job: its memory limit, sandbox and the job's own writable /app
+    assert props["MemoryMax"] == ("t", 268435456)
+    assert props["DynamicUser"] == ("b", True)
+    assert props["ProtectSystem"] == ("s", "strict")
+    assert props["WorkingDirectory"] == ("s", "/app")
+
+
+def test_an_artifact_job_has_no_build_directory() -> None:
+    props = props_of()
+    for name in ("StateDirectory", "BindPaths", "ExecStopPostEx"):
+        assert name not in props

@@ -37,6 +37,9 @@ def test_enabled_module_ships_the_package_units_and_enables_flynn_host() -> None
     assert svc["environment"] == {"FLYNN_HOST_LISTEN_IP": "0.0.0.0", "FLYNN_HOST_PORT": "1113"}
     assert set(svc) == {"wantedBy", "environment"}  # nothing of the unit itself is re-typed in Nix
     assert cfg["networking"]["firewall"]["allowedTCPPorts"] is None
+    journald = cfg["services"]["journald"]  # as appliance/rootfs-customize configures it
+    assert (journald["storage"], journald["rateLimitBurst"]) == ("persistent", 500000)
+    assert "SystemMaxUse=1G" in journald["extraConfig"]
 
 
 def test_host_id_and_firewall_options() -> None:

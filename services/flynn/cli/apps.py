@@ -9,6 +9,7 @@ import click
 
 from flynn.cli import git
 from flynn.cli.context import app_and_client, app_options, fail, state
+from flynn.cli.gitcreds import helper_command
 from flynn.cli.output import print_json, table
 
 
@@ -38,6 +39,7 @@ def create(name: str | None, remote: str, yes: bool) -> None:
     click.echo(f"Created {app['name']}")
     if repo and cluster.git_url:
         git.set_remote(remote, git.app_url(cluster.git_url, app["name"]))
+        git.set_credential_helper(cluster.git_url, helper_command())  # flynn git-credentials
         click.echo(f"Added git remote {remote} ({git.app_url(cluster.git_url, app['name'])})")
 
 

@@ -148,13 +148,15 @@ def _set_cluster(ctx: click.Context, _param: click.Parameter, value: str | None)
         ctx.ensure_object(State).cluster_flag = value
 
 
-def app_options(*, short_app: bool = True, with_app: bool = True) -> Callable[[F], F]:
-    """``-a APP`` / ``-c CLUSTER`` accepted after the command too (``flynn env -a myapp``)."""
+def app_options(
+    *, short_app: bool = True, with_app: bool = True, short_cluster: bool = True
+) -> Callable[[F], F]:
+    """``-a APP`` / ``-c CLUSTER`` accepted after the command too (``flynn env -a myapp``);
+    ``short_cluster=False`` for commands whose own ``-c`` means something else (``route add``)."""
 
     def decorate(f: F) -> F:
         f = click.option(
-            "-c",
-            "--cluster",
+            *(["-c", "--cluster"] if short_cluster else ["--cluster"]),
             metavar="CLUSTER",
             expose_value=False,
             callback=_set_cluster,

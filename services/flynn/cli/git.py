@@ -41,6 +41,14 @@ def set_remote(name: str, url: str) -> None:
         raise GitError(f"git remote {verb} {name}: {_last_line(res.stderr)}")
 
 
+def set_credential_helper(git_url: str, helper: str) -> None:
+    """``credential.GITURL.helper`` in the current repository (git asks it for that URL's key)."""
+    key = f"credential.{git_url.rstrip('/')}.helper"
+    res = _git("config", "--replace-all", key, helper)
+    if res.returncode != 0:
+        raise GitError(f"git config {key}: {_last_line(res.stderr)}")
+
+
 def remove_remote(name: str) -> None:
     res = _git("remote", "remove", name)
     if res.returncode != 0:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from flynn.controller.client import ProcessType
 
 RESOURCES = ("cpu", "memory")
+# `limit set slugbuilder memory=4GB`: a process type that only holds git push builds' limits
+SLUGBUILDER = "slugbuilder"
+SLUGBUILDER_ARGS = "/opt/flynn/venv/bin/flynn-slugbuilder"
 
 
 def _line(proc: str, spec: ProcessType, width: int) -> str:
@@ -66,6 +69,8 @@ def set_(proc: str, pairs: tuple[str, ...]) -> None:
     current = client.get_app_release(app["id"])
     new = release_from(app, current)
     processes = new.setdefault("processes", {})
+    if proc == SLUGBUILDER and proc not in processes:  # the build's limits (docs/gitreceive.md)
+        processes[proc] = {"args": [SLUGBUILDER_ARGS]}
     if proc not in processes:
         fail(f"the current release has no process type {proc!r}")
     resources = processes[proc].setdefault("resources", {})

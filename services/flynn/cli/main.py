@@ -16,7 +16,9 @@ from typing import Any
 import click
 
 import flynn
-from flynn.cli import apps, cluster, env, jobs, limit, meta, release, run, scale
+import flynn.cli.deployment
+import flynn.cli.gitcreds
+from flynn.cli import apps, cluster, env, jobs, limit, log, logsink, meta, release, route, run, scale
 from flynn.cli.context import State
 from flynn.common.errors import APIError, FlynnError
 
@@ -96,8 +98,12 @@ def version() -> None:
     click.echo(flynn.__version__)
 
 
-for module in (cluster, apps, env, scale, jobs, run, limit, meta, release):
+for module in (cluster, apps, env, scale, jobs, run, limit, meta, release, route):
     module.register(cli)
+logsink.register(cli)  # `cluster log-sink`: after `cluster`
+log.register(cli)
+flynn.cli.deployment.register(cli)
+flynn.cli.gitcreds.register(cli)  # git's credential helper
 
 
 def main() -> None:

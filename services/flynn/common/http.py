@@ -22,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from flynn.common import resolve
 from flynn.common.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,15 @@ class Client:
             self._headers["Authorization"] = f"Basic {token}"
 
     def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
         if self._scheme == "https":
-            return http.client.HTTPSConnection(
+            conn = http.client.HTTPSConnection(
                 self._host, self._port, timeout=self._timeout, context=self._ssl
             )
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        resolve.patch_connection(conn)  # FLYNN_RESOLVE: an explicit address for this host
+        return conn
 
     def request(
         self,

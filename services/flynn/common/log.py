@@ -16,6 +16,10 @@ from collections.abc import Iterable
 _SECRET_NAMES = re.compile(r"(?i)\b([A-Z0-9_]*(?:KEY|SECRET|PASSWORD|TOKEN|PASS|CREDENTIALS?))=([^\s,;]+)")
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
+# platform services that are also system apps of the controller (flynn -a NAME log)
+SYSTEM_APP_SERVICES = frozenset(
+    {"controller", "scheduler", "router", "blobstore", "gitreceive", "logaggregator"}
+)
 
 
 def register_secret(value: str) -> None:
@@ -53,6 +57,8 @@ def _journal_handler(component: str, extra_fields: dict[str, str]) -> logging.Ha
     except ImportError:
         return None
     fields = {"SYSLOG_IDENTIFIER": f"flynn-{component}", "FLYNN_COMPONENT": component}
+    if component in SYSTEM_APP_SERVICES:  # the field a job's lines carry too (docs/logs.md)
+        fields["FLYNN_APP_NAME"] = component
     fields.update({k.upper(): v for k, v in extra_fields.items()})
     handler: logging.Handler = journal.JournalHandler(**fields)
     return handler

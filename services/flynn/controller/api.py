@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 import flynn
 from flynn.common.errors import APIError
 from flynn.common.http import Handler, error_middleware, json_error
-from flynn.controller import auth, events, openapi, render, schema, sshkeys
+from flynn.controller import auth, events, logs_api, openapi, render, routes_api, schema, sshkeys
 from flynn.controller.auth import KeySet
 from flynn.controller.db import UNAVAILABLE, Database
 from flynn.controller.errors import BadGateway, ControllerError, Invalid, NotFound, Unavailable
@@ -29,6 +29,7 @@ from flynn.controller.repo import formations as formations_repo
 from flynn.controller.repo import jobs as jobs_repo
 from flynn.controller.repo import keys as keys_repo
 from flynn.controller.repo import releases as releases_repo
+from flynn.controller.repo import routes as routes_repo
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ class API:
         *,
         keepalive: float = 15.0,
         wake_deployer: Any = None,
+        cluster_domain: str | None = None,
     ) -> None:
         self.db = db
+        self.cluster_domain = cluster_domain  # set: every new (non-system) app gets APP.DOMAIN
         self.hub = hub
         self.keys = keys
         self.hosts = hosts
@@ -112,6 +115,8 @@ class API:
         r.add_post("/keys", self.create_key)
         r.add_get("/keys", self.list_keys)
         r.add_delete("/keys/{id}", self.delete_key)
+        routes_api.RouteAPI(self.db).register(r)
+        logs_api.LogsAPI(self.db, self.hosts).register(r)
         return app
 
     # -- other -----------------------------------------------------------------------------------
@@ -135,6 +140,8 @@ class API:
         spec = schema.app_create(await schema.read_body(request))
         async with self.db.transaction() as tx:
             out = await apps_repo.create(tx, spec)
+            if self.cluster_domain and not spec.system:
+                await routes_api.create_default(tx, out, self.cluster_domain)
         return _json(out, 201)
 
     async def list_apps(self, request: web.Request) -> web.Response:
@@ -152,6 +159,9 @@ class API:
 
     async def delete_app(self, request: web.Request) -> web.Response:
         async with self.db.transaction() as tx:
+            app = await apps_repo.get(tx, request.match_info["app"], lock=True)
+            if not app["system"]:  # a system app is refused below: nothing is deleted
+                await routes_repo.delete_for_app(tx, app["id"])
             app_id = await apps_repo.delete(tx, request.match_info["app"])
         return _json({"id": app_id})
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 from urllib.parse import quote, urlencode, urlsplit
 
+from flynn.common import resolve
 from flynn.common.errors import APIError
 from flynn.common.http import Client as HTTPClient
 
@@ -190,6 +191,66 @@ class Key(TypedDict):
     created_at: str
 
 
+class RouteCertificate(TypedDict):
+    id: str
+    cert: str
+    key: NotRequired[str]
+
+
+class Route(TypedDict):
+    """An HTTP route (``domain``, ``path``, ...) or a TCP route (``port``); see docs/controller.md."""
+
+    id: str  # "http/UUID" or "tcp/UUID"
+    type: Literal["http", "tcp"]
+    app_id: str
+    service: str
+    leader: bool
+    domain: NotRequired[str]
+    path: NotRequired[str]
+    sticky: NotRequired[bool]
+    https_redirect: NotRequired[bool]
+    certificate: NotRequired[RouteCertificate | None]
+    port: NotRequired[int]
+    created_at: str
+    updated_at: str
+
+
+class SinkStatus(TypedDict):
+    connected: bool
+    delivered: int
+    dropped: int
+    buffered: int
+    error: str | None
+
+
+class Sink(TypedDict):
+    """A log sink (docs/logs.md); ``status`` is the aggregator leader's report, when it answered."""
+
+    id: str
+    kind: str
+    url: str
+    use_tls: bool
+    ca_cert: str | None
+    created_at: str
+    status: NotRequired[SinkStatus | None]
+
+
+class LogLine(TypedDict):
+    """One line of ``GET /apps/:app/log`` (docs/logs.md)."""
+
+    ts: int
+    timestamp: str
+    host_id: str
+    app_id: str | None
+    app_name: str | None
+    job_id: str
+    type: str | None
+    release_id: str | None
+    stream: str
+    priority: int
+    msg: str
+
+
 class Status(TypedDict):
     status: str
     database: NotRequired[str]
@@ -317,6 +378,12 @@ def _events_params(
     return params
 
 
+def _route_path(app: str, route_id: str) -> str:
+    """``/apps/APP/routes/TYPE/UUID`` for a route id ``TYPE/UUID`` (each part one segment)."""
+    kind, _, rid = route_id.partition("/")
+    return f"/apps/{_seg(app)}/routes/{_seg(kind)}/{_seg(rid)}"
+
+
 def _seg(value: str) -> str:
     """One path segment: user input (an app name from -a) cannot add segments or a query."""
     return quote(value, safe="")
@@ -355,9 +422,11 @@ class Client(HTTPClient):
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._pin is not None:
-            return _PinnedHTTPSConnection(
+            conn = _PinnedHTTPSConnection(
                 self._host, self._port, timeout=self._timeout, pin=self._pin, url=self.base_url
             )
+            resolve.patch_connection(conn)  # FLYNN_RESOLVE: an explicit address for this host
+            return conn
         return super()._connection()
 
     # -- status ----------------------------------------------------------------------------------
@@ -536,8 +605,93 @@ class Client(HTTPClient):
     def list_keys(self) -> list[Key]:
         return cast(list[Key], self.get("/keys"))
 
+    # -- routes ----------------------------------------------------------------------------------
+
+    def list_routes(self, app: str) -> list[Route]:
+        return cast(list[Route], self.get(f"/apps/{_seg(app)}/routes"))
+
+    def create_route(self, app: str, route: Mapping[str, Any]) -> Route:
+        """``route``: ``{"type": "http", "domain", ...}`` or ``{"type": "tcp", "port"?, ...}``."""
+        return cast(Route, self.post(f"/apps/{_seg(app)}/routes", dict(route)))
+
+    def get_route(self, app: str, route_id: str) -> Route:
+        return cast(Route, self.get(_route_path(app, route_id)))
+
+    def update_route(self, app: str, route_id: str, changes: Mapping[str, Any]) -> Route:
+        return cast(Route, self.put(_route_path(app, route_id), dict(changes)))
+
+    def delete_route(self, app: str, route_id: str) -> Route:
+        return cast(Route, self.delete(_route_path(app, route_id)))
+
+    def all_routes(self) -> list[Route]:
+        return cast(list[Route], self.get("/routes"))
+
     def delete_key(self, key_id: str) -> Any:
         return self.delete(f"/keys/{_seg(key_id)}")
+
+    # -- logs and sinks --------------------------------------------------------------------------
+
+    def list_sinks(self) -> list[Sink]:
+        return cast(list[Sink], self.get("/sinks"))
+
+    def create_sink(self, url: str, *, use_tls: bool | None = None, ca_cert: str | None = None) -> Sink:
+        body: dict[str, Any] = {"kind": "syslog", "url": url}
+        if use_tls is not None:
+            body["use_tls"] = use_tls
+        if ca_cert is not None:
+            body["ca_cert"] = ca_cert
+        return cast(Sink, self.post("/sinks", body))
+
+    def get_sink(self, sink_id: str) -> Sink:
+        return cast(Sink, self.get(f"/sinks/{_seg(sink_id)}"))
+
+    def delete_sink(self, sink_id: str) -> Sink:
+        return cast(Sink, self.delete(f"/sinks/{_seg(sink_id)}"))
+
+    def app_log(
+        self,
+        app: str,
+        *,
+        lines: int | None = None,
+        follow: bool = False,
+        process_type: str | None = None,
+        job_id: str | None = None,
+    ) -> Iterator[LogLine]:
+        """The app's lines (``GET /apps/:app/log``), streamed as they arrive; ``follow`` keeps
+        reading until the server ends the stream (an ``APIError`` if it ends with an error)."""
+        params: dict[str, str] = {}
+        if lines is not None:
+            params["lines"] = str(lines)
+        if follow:
+            params["follow"] = "true"
+        if process_type:
+            params["process_type"] = process_type
+        if job_id:
+            params["job_id"] = job_id
+        url = self._prefix + f"/apps/{_seg(app)}/log" + (("?" + urlencode(params)) if params else "")
+        conn = self._connection()
+        try:
+            try:
+                conn.request("GET", url, headers=dict(self._headers))
+                resp = conn.getresponse()
+                if resp.status >= 400:
+                    message = _error_message(resp.status, resp.reason, resp.read())
+                    raise APIError(resp.status, message, url=url)
+                if follow and conn.sock is not None:
+                    conn.sock.settimeout(STREAM_READ_TIMEOUT)  # the server sends a keepalive line every 15 s
+                while raw := resp.readline(1 << 20):
+                    if not raw.strip():
+                        continue
+                    data = json.loads(raw)
+                    if isinstance(data, dict) and "error" in data and "msg" not in data:
+                        raise APIError(0, f"the log stream ended: {data['error']}", url=url)
+                    yield cast(LogLine, data)
+            except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                reason = reason or type(exc).__name__
+                raise APIError(0, f"log stream from {self.base_url} lost: {reason}", url=url) from None
+        finally:
+            conn.close()
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -740,6 +894,12 @@ class AsyncClient:
         self._session = session
         self._own_session = session is None
 
+    def set_key(self, key: str) -> None:
+        """Use ``key`` from the next request on (a rotated key: ``flynn -a router env set
+        CONTROLLER_KEY=...``); streams already open keep the one they started with."""
+        token = base64.b64encode(f":{key}".encode()).decode()
+        self._headers["Authorization"] = f"Basic {token}"
+
     def set_urls(self, urls: str | Sequence[str]) -> None:
         listed = [urls] if isinstance(urls, str) else list(urls)
         cleaned = [u.rstrip("/") for u in listed if u]
@@ -770,7 +930,9 @@ class AsyncClient:
         import aiohttp
 
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            resolver = resolve.aiohttp_resolver()  # FLYNN_RESOLVE
+            connector = aiohttp.TCPConnector(resolver=resolver) if resolver is not None else None
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     def _req_headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -963,6 +1125,23 @@ class AsyncClient:
     async def get_deployment(self, deployment_id: str) -> Deployment:
         return cast(Deployment, await self.request("GET", f"/deployments/{_seg(deployment_id)}"))
 
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def all_routes(self) -> list[Route]:
+        """Every route of the cluster, with certificate keys (what a router loads)."""
+        return cast(list[Route], await self.request("GET", "/routes"))
+
+    async def get_route(self, app: str, route_id: str) -> Route:
+        return cast(Route, await self.request("GET", _route_path(app, route_id)))
+
+    async def last_event_id(self, *, object_types: Sequence[str] | None = None) -> int:
+        """The id of the newest event (of these types), 0 when there is none: a point to stream from."""
+        params = {"count": "1"}
+        if object_types:
+            params["object_types"] = ",".join(object_types)
+        events = await self.request("GET", "/events", params=params)
+        return int(events[0]["id"]) if events else 0
+
     # -- events ----------------------------------------------------------------------------------
 
     def events(
@@ -1112,6 +1291,8 @@ __all__ = [
     "NewRelease",
     "ProcessType",
     "Release",
+    "Route",
+    "RouteCertificate",
     "Status",
     "TLSPinMismatch",
     "cert_pin",

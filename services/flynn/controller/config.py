@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from flynn.common.errors import ConfigError
 from flynn.discoverd.client import default_urls
 
 DEFAULT_PORT = 1200
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,200}}$)({_LABEL}\.)*{_LABEL}$")
 
 
 def parse_keys(raw: str, what: str = "AUTH_KEY") -> tuple[str, ...]:
@@ -42,7 +45,7 @@ def database_password(url: str) -> str | None:
 class ControllerConfig:
     database_url: str
     auth_keys: tuple[str, ...]
-    cluster_domain: str = "dev.flynn.local"
+    cluster_domain: str | None = None  # set: new apps get the default route APP.CLUSTER_DOMAIN
     port: int = DEFAULT_PORT
     listen_ip: str = "0.0.0.0"  # noqa: S104 - the API is served on the cluster network
     addr: str | None = None  # "IP:PORT" announced in discoverd as "controller"; None: not registered
@@ -64,7 +67,9 @@ class ControllerConfig:
                 addr = f"{parse_ip(host, 'CONTROLLER_ADDR')}:{parse_port(raw_port, 'CONTROLLER_ADDR port')}"
             else:
                 addr = f"{parse_ip(raw_addr, 'CONTROLLER_ADDR')}:{port}"
-        domain = env_str("CLUSTER_DOMAIN", "dev.flynn.local", src).strip().lower().rstrip(".")
+        domain = env_str("CLUSTER_DOMAIN", "", src).strip().lower().rstrip(".") or None
+        if domain is not None and not _DOMAIN_RE.fullmatch(domain):
+            raise ConfigError(f"CLUSTER_DOMAIN={domain[:80]!r} is not a domain name")
         return cls(
             database_url=parse_database_url(env_str("DATABASE_URL", None, src)),
             auth_keys=parse_keys(env_str("AUTH_KEY", None, src)),

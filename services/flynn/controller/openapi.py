@@ -585,6 +585,8 @@ def paths() -> J:
 
 
 def document(version: str) -> J:
+    from flynn.controller import openapi_logs, openapi_routes  # they build on the helpers above
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -594,9 +596,9 @@ def document(version: str) -> J:
             " HTTP Basic: any user name, a key as the password.",
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_routes.SCHEMAS, **openapi_logs.SCHEMAS},
             "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"basicAuth": []}],
-        "paths": paths(),
+        "paths": {**paths(), **openapi_routes.paths(), **openapi_logs.paths()},
     }

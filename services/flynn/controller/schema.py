@@ -47,6 +47,8 @@ OBJECT_TYPES = (
     "deployment",
     "key",
     "app_release",
+    "route",
+    "sink",
 )
 # set by the host for every job (docs/host.md): a release or a job may not set them
 RESERVED_ENV = frozenset(

@@ -85,6 +85,7 @@ class Controller:
             hosts,
             keepalive=self.cfg.keepalive,
             wake_deployer=self.deployer.wake,
+            cluster_domain=self.cfg.cluster_domain,
         )
         self.runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=2)
         await self.runner.setup()

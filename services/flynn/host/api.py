@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flynn.host.jobs.journal import LogSource
     from flynn.host.jobs.manager import JobManager
     from flynn.host.jobs.platform import Platform
+    from flynn.host.logs import HostLogs
 
 IDENTITY: web.AppKey[HostIdentity] = web.AppKey("identity", HostIdentity)
 CLOCK: web.AppKey[sysinfo.Clock] = web.AppKey("clock", sysinfo.Clock)
@@ -51,6 +52,7 @@ def make_app(
     jobs: JobManager | None = None,
     logs: LogSource | None = None,
     platform: Platform | None = None,
+    log_source: HostLogs | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
     app[IDENTITY] = identity
@@ -62,4 +64,8 @@ def make_app(
         from flynn.host.jobs.journal import Journal
 
         add_routes(app, manager=jobs, logs=logs or Journal(), platform=platform)
+        from flynn.host import logs as host_logs
+
+        source = log_source or host_logs.HostLogs(identity.id, host_logs.records_lookup(jobs))
+        host_logs.add_routes(app, source)
     return app

@@ -33,6 +33,7 @@ from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.host.client import HostClient, host_url
 
 CONTROLLER_PORT = 1200
+GITRECEIVE_PORT = 1220  # git smart HTTP on every host until the routers serve git.DOMAIN
 POSTGRES_PORT = 5432
 RESULT_FILE = Path("/etc/flynn/bootstrap.json")
 DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE)
@@ -41,6 +42,10 @@ DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a
 # formation.
 DATABASES = ("controller", "blobstore")  # one PostgreSQL role and database per service
 SYSTEM_APPS = ("controller", "scheduler", "router", "blobstore", "gitreceive", "logaggregator", "status")
+# (app, label, discoverd service): the routes every cluster has, LABEL.DOMAIN (issue 6)
+PLATFORM_ROUTES = (("controller", "controller", "controller"), ("gitreceive", "git", "gitreceive"))
+ROUTER_SERVICE = "router-http"  # what every router registers as in discoverd
+LIVE_ENV = {"controller": "AUTH_KEY", "router": "TLSCERT,TLSKEY,CONTROLLER_KEY"}  # applied live
 
 
 class BootstrapError(FlynnError):
@@ -92,11 +97,13 @@ class Result:
     ca_cert: str
     hosts: list[str]
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
+    git_url: str = ""  # gitreceive on the first host, for the direct form (docs/gitreceive.md)
 
     def commands(self) -> list[str]:
+        git = f"--git-url {self.git_url} " if self.git_url else ""
         return [
             f"flynn cluster add -p {self.tls_pin} default {self.domain} {self.key}",
-            f"flynn cluster add default {self.controller_url} {self.key}",
+            f"flynn cluster add {git}default {self.controller_url} {self.key}",
         ]
 
 
@@ -212,6 +219,9 @@ class Bootstrap:
         await self._step("system apps", self._system_apps(s))
         await self._step("blobstore", self._blobstore(s))
         await self._step("scheduler", self._scheduler(s))
+        await self._step("gitreceive", self._gitreceive(s))
+        await self._step("logaggregator", self._logaggregator(s))
+        await self._step("router", self._router(s))
         first = self.opts.hosts[0]
         return Result(
             domain=self.opts.domain,
@@ -221,6 +231,7 @@ class Bootstrap:
             ca_cert=s.ca_cert,
             hosts=list(self.opts.hosts),
             steps=self.steps,
+            git_url=f"http://{first}:{GITRECEIVE_PORT}",
         )
 
     async def _preflight(self) -> dict[str, str]:
@@ -310,8 +321,9 @@ class Bootstrap:
     async def _system_apps(self, s: Secrets) -> None:
         envs: dict[str, dict[str, str]] = {
             "controller": {"AUTH_KEY": s.auth_key},
-            "router": {"TLSCERT": s.tls_cert, "TLSKEY": s.tls_key},
+            "router": {"TLSCERT": s.tls_cert, "TLSKEY": s.tls_key, "CONTROLLER_KEY": s.auth_key},
             "scheduler": {"CONTROLLER_KEY": s.auth_key},
+            "gitreceive": {"CONTROLLER_KEY": s.auth_key},  # seed 000: flynn -a gitreceive env set ...
         }
         await asyncio.to_thread(self._create_system_apps, s, envs)
 
@@ -327,8 +339,9 @@ class Bootstrap:
                     "app_id": app["id"],
                     "artifacts": [],
                     "env": envs.get(name, {}),
-                    # the controller reloads its keys itself: no restart for them (scheduler/platform.py)
-                    "meta": {"unit": unit, **({"live_env": "AUTH_KEY"} if name == "controller" else {})},
+                    # the controller reloads its keys itself, the routers their default certificate
+                    # (docs/router.md): no restart for them (scheduler/platform.py)
+                    "meta": {"unit": unit, **({"live_env": LIVE_ENV[name]} if name in LIVE_ENV else {})},
                     "processes": {"web": {"args": [f"/opt/flynn/venv/bin/flynn-{name}"]}},
                 },
             )
@@ -344,6 +357,34 @@ class Bootstrap:
 
         await wait_for("a blobstore on every host", all_up, self.opts.step_timeout)
 
+    async def _logaggregator(self, s: Secrets) -> None:
+        """A log aggregator on every host (docs/logs.md); wait until each is in discoverd."""
+        await asyncio.gather(
+            *(
+                self._configure("logaggregator", ip, {"CONTROLLER_KEY": s.auth_key, "LOGAGGREGATOR_ADDR": ip})
+                for ip in self.opts.hosts
+            )
+        )
+
+        async def all_up() -> bool:
+            return len(await self.discoverd.instances("logaggregator")) >= len(self.opts.hosts)
+
+        await wait_for("a log aggregator on every host", all_up, self.opts.step_timeout)
+
+    async def _gitreceive(self, s: Secrets) -> None:
+        """gitreceive on every host (docs/gitreceive.md); wait until each is in discoverd."""
+        await asyncio.gather(
+            *(
+                self._configure("gitreceive", ip, {"CONTROLLER_KEY": s.auth_key, "GITRECEIVE_ADDR": ip})
+                for ip in self.opts.hosts
+            )
+        )
+
+        async def all_up() -> bool:
+            return len(await self.discoverd.instances("gitreceive")) >= len(self.opts.hosts)
+
+        await wait_for("gitreceive on every host", all_up, self.opts.step_timeout)
+
     async def _scheduler(self, s: Secrets) -> None:
         for ip in self.opts.hosts:
             await self._configure("scheduler", ip, {"CONTROLLER_KEY": s.auth_key, "SCHEDULER_ADDR": ip})
@@ -352,6 +393,35 @@ class Bootstrap:
             return await self.discoverd.leader("flynn-scheduler") is not None
 
         await wait_for("a scheduler leader", leader, self.opts.step_timeout)
+
+    # -- the router (issue 6) ----------------------------------------------------------------
+
+    async def _router(self, s: Secrets) -> None:
+        """The platform's routes, then a router on every host; wait until each is in discoverd."""
+        await asyncio.to_thread(self._platform_routes, s)
+        for ip in self.opts.hosts:
+            env = {
+                "CONTROLLER_KEY": s.auth_key,
+                "TLSCERT": s.tls_cert,
+                "TLSKEY": s.tls_key,
+                "CLUSTER_DOMAIN": self.opts.domain,
+                "ROUTER_ADDR": ip,
+            }
+            await self._configure("router", ip, env)
+
+        async def all_up() -> bool:
+            return len(await self.discoverd.instances(ROUTER_SERVICE)) >= len(self.opts.hosts)
+
+        await wait_for("a router on every host", all_up, self.opts.step_timeout)
+
+    def _platform_routes(self, s: Secrets) -> None:
+        """``controller.DOMAIN`` -> the controllers, ``git.DOMAIN`` -> gitreceive (kept on a re-run)."""
+        api = self.controller(s)
+        for app, label, service in PLATFORM_ROUTES:
+            domain = f"{label}.{self.opts.domain}"
+            if any(r.get("domain") == domain for r in api.get(f"/apps/{app}/routes")):
+                continue
+            api.post(f"/apps/{app}/routes", {"type": "http", "domain": domain, "service": service})
 
 
 def save(result: Result, path: Path = RESULT_FILE) -> None:

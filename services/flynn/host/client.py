@@ -22,13 +22,16 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
 from flynn.common.errors import APIError
 from flynn.common.http import Client as _SyncJSONClient
+
+if TYPE_CHECKING:
+    from flynn.host.logstream import LogStream
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +231,24 @@ class HostClient:
                     yield raw.decode(errors="replace").rstrip("\n")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise APIError(0, f"cannot reach {self.url}: {exc or type(exc).__name__}", url=url) from None
+
+    def follow_logs(
+        self,
+        *,
+        lines: int | None = None,
+        per_app: bool = False,
+        cursor: str | None = None,
+        app_id: str | None = None,
+        job_id: str | None = None,
+        platform: bool = False,
+    ) -> LogStream:
+        """Follow ``GET /host/logs`` (docs/logs.md): the backlog, a live marker, then new lines,
+        resumed by cursor across reconnects (:class:`flynn.host.logstream.LogStream`)."""
+        from flynn.host.logstream import LogStream
+
+        params = {"app_id": app_id, "job_id": job_id, "platform": "true" if platform else None}
+        query = {k: v for k, v in params.items() if v}
+        return LogStream(self, query, lines=lines, per_app=per_app, cursor=cursor)
 
     def attach_url(self, job_id: str) -> str:
         """The attach WebSocket of a job started with ``"attach": true`` (frames in docs/host.md)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flynn.common.config import env_int, env_str, parse_ip
+from flynn.common.errors import ConfigError
 
 DEFAULT_PORT = 1113
 
@@ -20,6 +21,7 @@ class HostConfig:
     addr: str | None = None  # cluster address announced in discoverd; default: first IPv4 address
     build_file: Path = Path("/opt/flynn/BUILD")
     etc_dir: Path = Path("/etc/flynn")  # platform services' env files (PUT /host/platform/:name)
+    drain_delay: float = 2.0  # seconds from a job's deregistration to its SIGTERM (router drain)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HostConfig:
@@ -31,4 +33,18 @@ class HostConfig:
             addr=parse_ip(raw_addr, "FLYNN_HOST_ADDR")
             if (raw_addr := env_str("FLYNN_HOST_ADDR", "", env))
             else None,
+            drain_delay=_seconds("FLYNN_HOST_DRAIN_DELAY", 2.0, env),
         )
+
+
+def _seconds(name: str, default: float, env: Mapping[str, str] | None) -> float:
+    raw = env_str(name, "", env).strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 60:
+        raise ConfigError(f"{name}={value:g} is outside 0-60 seconds")
+    return value

@@ -62,6 +62,7 @@ async def start_jobs(
         store=JobStore(config.state_dir / "jobs"),
         artifacts=ArtifactStore(config.state_dir / "artifacts"),
         registrar=registrar,
+        drain_delay=config.drain_delay,
     )
     await manager.recover()
     return manager, systemd, Platform(systemd, config.etc_dir)

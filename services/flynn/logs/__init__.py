@@ -1,1 +1,1 @@
-"""logs: see docs/architecture.md (not built yet)."""
+"""logs: the log aggregator (flynn-logaggregator.service) and its sinks; see docs/logs.md."""

@@ -1,14 +1,16 @@
-"""``python -m flynn.router``: run the router, in one process or several sharing the ports.
+"""``flynn-router`` (``python -m flynn.router``): the router daemon of flynn-router.service.
 
-Workers: each is a whole router (its own event loop, route table, pools and counters) with its
-listening sockets opened with ``SO_REUSEPORT``, so the kernel spreads new connections over
-them. One Python process uses at most one core, so the default is one worker per CPU
-(``ROUTER_WORKERS``); more than that only adds context switches, and on a host whose cores are
-shared with app jobs fewer may be better. Each worker would follow the control plane on its
-own (the later controller/discoverd watchers), which keeps workers independent at the price of
-N watches per host.
+One process per worker (``ROUTER_WORKERS``, default the CPU count): each is a whole router (its
+own event loop, route table, pools, counters and control plane) with its listening sockets opened
+with ``SO_REUSEPORT``, so the kernel spreads new connections over them. One Python process uses
+at most one core, so more workers than cores only adds context switches; on a host whose cores
+are shared with app jobs fewer may be better. With several workers a parent process supervises
+them (:mod:`flynn.router.workers`); with one, that process does it all.
 
-Until the control plane exists, routes and backends can come from a JSON file (``--routes``):
+Routes and backends come from the control plane (:mod:`flynn.router.controlplane`) when
+``CONTROLLER_KEY`` is set: the controller's routes (found through discoverd, or
+``CONTROLLER_URL``), discoverd watches for the backends. Without it (benchmarks, tests) they can
+come from a JSON file (``--routes``)::
 
     {"http": [{"domain": "a.example.com", "service": "a-web", "path": "/",
                "sticky": false, "https_redirect": false,
@@ -16,9 +18,11 @@ Until the control plane exists, routes and backends can come from a JSON file (`
      "tcp": [{"port": 3000, "service": "db"}],
      "backends": {"a-web": ["10.0.0.5:8080"], "db": ["10.0.0.6:5432"]}}
 
-Environment: ``ROUTER_*`` (see :class:`~flynn.router.config.RouterConfig`), ``TLSCERT`` /
-``TLSKEY`` (the default certificate: PEM text or a file path), ``ERROR_503_PAGE_URL`` (fetched
-once at start: the body of "no backend" answers), ``ROUTER_WORKERS``.
+Environment: ``ROUTER_*`` (data plane, see :class:`~flynn.router.config.RouterConfig`), ``TLSCERT``
+/ ``TLSKEY`` (the default certificate: PEM text or a file path), ``ERROR_503_PAGE_URL`` (fetched
+once at start: the body of "no backend" answers), ``ROUTER_WORKERS``; ``CONTROLLER_KEY``,
+``CONTROLLER_URL``, ``DISCOVERD``, ``ROUTER_ADDR``, ``ROUTER_STATUS_IP``/``ROUTER_STATUS_PORT``,
+``CLUSTER_DOMAIN`` (see :class:`~flynn.router.settings.DaemonSettings`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -39,11 +44,25 @@ from typing import Any
 from flynn.common import sdnotify
 from flynn.common.config import env_int
 from flynn.common.errors import ConfigError
-from flynn.common.log import setup_logging
+from flynn.common.log import register_secret, setup_logging
 from flynn.router.config import RouterConfig
+from flynn.router.controlplane import ControlPlane
+from flynn.router.instance import Instance
 from flynn.router.routes import RouteTable
 from flynn.router.server import Router
+from flynn.router.settings import DaemonSettings
 from flynn.router.tls import CertStore
+from flynn.router.workers import (
+    Forked,
+    answer_status,
+    fork_workers,
+    reap,
+    signal_all,
+    stop_workers,
+    unwatch_exits,
+    wait_ready,
+    watch_exits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +124,10 @@ def build(args: argparse.Namespace) -> tuple[RouteTable, RouterConfig, CertStore
     cert = os.environ.get("TLSCERT", "")
     key = os.environ.get("TLSKEY", "")
     if cert and key:
+        key_pem = _pem(key, "TLSKEY")
+        register_secret(key_pem)  # never in a log line, whatever fails
         try:
-            certs.set_default(_pem(cert, "TLSCERT"), _pem(key, "TLSKEY"))
+            certs.set_default(_pem(cert, "TLSCERT"), key_pem)
         except ValueError as exc:
             raise ConfigError(f"TLSCERT/TLSKEY: {exc}") from None
     elif config.https_ports:
@@ -117,99 +138,181 @@ def build(args: argparse.Namespace) -> tuple[RouteTable, RouterConfig, CertStore
     return table, config, certs
 
 
-async def serve(table: RouteTable, config: RouterConfig, certs: CertStore, ready_fd: int | None) -> None:
-    router = Router(table, config, certs)
-    await router.start()
-    log.info(
-        "router %d serving http %s https %s, %d routes",
-        os.getpid(),
-        router.http_ports,
-        router.https_ports,
-        len(table.routes()),
-    )
-    if ready_fd is not None:
-        os.write(ready_fd, b"r")
-        os.close(ready_fd)
-    else:
-        sdnotify.ready(f"serving http {router.http_ports} https {router.https_ports}")
+class Worker:
+    """One router process: the data plane and, with ``CONTROLLER_KEY``, its control plane."""
+
+    def __init__(
+        self, table: RouteTable, config: RouterConfig, certs: CertStore, settings: DaemonSettings
+    ) -> None:
+        self.router = Router(table, config, certs)
+        self.plane = ControlPlane(table, settings, certs=certs) if settings.control_plane else None
+
+    async def start(self) -> None:
+        await self.router.start()
+        if self.plane is not None:
+            await self.plane.start()
+        log.info(
+            "router %d serving http %s https %s, %d routes%s",
+            os.getpid(),
+            self.router.http_ports,
+            self.router.https_ports,
+            len(self.router.table.routes()),
+            "; following the controller" if self.plane is not None else "",
+        )
+
+    def status(self) -> dict[str, Any]:
+        out = self.router.status()
+        out["pid"] = os.getpid()
+        out["control_plane"] = self.plane.status() if self.plane is not None else None
+        return out
+
+    async def stop(self) -> None:
+        if self.plane is not None:
+            await self.plane.close()
+        await self.router.stop()
+
+
+def _stop_event(worker: Worker | None = None) -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGUSR1, lambda: log.info("status %s", json.dumps(router.status(), sort_keys=True))
+    if worker is not None:
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: log.info("status %s", json.dumps(worker.status(), sort_keys=True))
+        )
+    return stop
+
+
+async def serve_single(
+    table: RouteTable, config: RouterConfig, certs: CertStore, settings: DaemonSettings
+) -> None:
+    """One worker, which is also the instance (status API, registration, systemd)."""
+    worker = Worker(table, config, certs, settings)
+    stop = _stop_event(worker)
+    await worker.start()
+    router = worker.router
+
+    async def local() -> dict[str, Any]:
+        return worker.status()
+
+    instance = Instance(
+        settings,
+        [local],
+        http_port=router.http_ports[0] if router.http_ports else 80,
+        https_port=router.https_ports[0] if router.https_ports else None,
     )
+    try:
+        await instance.start()
+        sdnotify.ready(f"serving http {router.http_ports} https {router.https_ports}")
+        await stop.wait()
+    finally:
+        sdnotify.stopping()
+        await instance.close()
+        await worker.stop()
+
+
+async def serve_worker(
+    table: RouteTable,
+    config: RouterConfig,
+    certs: CertStore,
+    settings: DaemonSettings,
+    channel: socket.socket,
+    ready_fd: int,
+) -> None:
+    """A forked worker: serve, say so on ``ready_fd``, answer status queries on ``channel``."""
+    worker = Worker(table, config, certs, settings)
+    stop = _stop_event(worker)
+    await worker.start()
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
+    answering = asyncio.get_running_loop().create_task(answer_status(channel, worker.status, stop.set))
     try:
         await stop.wait()
     finally:
-        await router.stop()
+        answering.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await answering
+        await worker.stop()
 
 
-def _run_worker(table: RouteTable, config: RouterConfig, certs: CertStore, ready_fd: int | None) -> None:
+async def supervise(forked: Forked, settings: DaemonSettings, config: RouterConfig) -> int:
+    """The parent of several workers: see :mod:`flynn.router.workers`."""
+    loop = asyncio.get_running_loop()
+    workers = forked.workers
+    died = asyncio.Event()
+    stop = asyncio.Event()
+
+    def on_child() -> None:
+        for w in reap(workers):
+            if not stop.is_set():
+                log.error("router worker %d exited with status %s", w.pid, w.exit_code)
+                died.set()
+
+    watch_exits(workers, on_child)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: signal_all(workers, signal.SIGUSR1))
+    on_child()  # a worker may have died before the handler was installed
+    instance: Instance | None = None
+    try:
+        if not await wait_ready(forked, died):
+            return 1
+        instance = Instance(
+            settings,
+            [w.channel.query for w in workers],
+            http_port=config.http_ports[0] if config.http_ports else 80,
+            https_port=config.https_ports[0] if config.https_ports else None,
+        )
+        await instance.start()
+        sdnotify.ready(f"{len(workers)} workers serving")
+        waiters = [loop.create_task(stop.wait()), loop.create_task(died.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiters:
+            task.cancel()
+        return 1 if died.is_set() else 0
+    finally:
+        sdnotify.stopping()
+        if instance is not None:
+            await instance.close()
+        await stop_workers(workers)
+        unwatch_exits(workers)
+        for w in workers:
+            w.channel.close()
+
+
+def _run(coro: Any) -> Any:
     import uvloop
 
-    uvloop.run(serve(table, config, certs, ready_fd))
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flynn-router", description="Flynn's HTTP/HTTPS/TCP router")
-    p.add_argument("--routes", help="JSON file of routes and backends (until the control plane exists)")
+    p.add_argument("--routes", help="JSON file of routes and backends (without a control plane)")
     p.add_argument("--workers", type=int, help="worker processes (default ROUTER_WORKERS or the CPU count)")
     args = p.parse_args(argv)
     setup_logging("router")
     try:
         table, config, certs = build(args)
+        settings = DaemonSettings.from_env()
         workers = args.workers or env_int("ROUTER_WORKERS", os.cpu_count() or 1, minimum=1, maximum=256)
     except ConfigError as exc:
         print(f"flynn-router: {exc}", file=sys.stderr)
         return 2
-    if workers == 1:
-        _run_worker(table, config, certs, None)
-        return 0
-    return _supervise(table, config, certs, workers)
+    if settings.controller_key is not None:
+        register_secret(settings.controller_key)
+    try:
+        if workers == 1:
+            _run(serve_single(table, config, certs, settings))
+            return 0
 
+        def run_worker(channel: socket.socket, ready_fd: int) -> None:  # pragma: no cover - a child
+            _run(serve_worker(table, config, certs, settings, channel, ready_fd))
 
-def _supervise(table: RouteTable, config: RouterConfig, certs: CertStore, workers: int) -> int:
-    """Fork ``workers`` routers sharing the ports; stop them all when one dies or on SIGTERM."""
-    read_fd, write_fd = os.pipe()
-    children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            os.close(read_fd)
-            try:
-                _run_worker(table, config, certs, write_fd)
-            finally:
-                os._exit(0)
-        children.append(pid)
-    os.close(write_fd)
-
-    def forward(sig: int, _frame: Any) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGUSR1, forward)
-    started = 0
-    while started < workers:
-        chunk = os.read(read_fd, workers)
-        if not chunk:
-            break
-        started += len(chunk)
-    os.close(read_fd)
-    if started == workers:
-        sdnotify.ready(f"{workers} workers serving")
-    status = 0
-    remaining = set(children)
-    while remaining:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        remaining.discard(pid)
-        if code != 0:
-            status = 1
-        forward(signal.SIGTERM, None)  # one worker gone: stop the others, systemd restarts us
-    return status
+        forked = fork_workers(workers, run_worker)
+        return int(_run(supervise(forked, settings, config)))
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"flynn-router: cannot listen: {reason}", file=sys.stderr)
+        return 1

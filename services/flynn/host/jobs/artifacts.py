@@ -113,6 +113,11 @@ def _escapes(root: Path, rel: str) -> bool:
     return False
 
 
+def link_escapes(root: Path, rel: str) -> bool:
+    """The rule above, for flynn-slugbuilder: it checks each slug as hosts will extract it."""
+    return _escapes(root, rel)
+
+
 def _safe_parent(root: Path, rel: str) -> Path:
     """The real parent directory of ``rel`` inside ``root``, creating missing directories; raises
     if any component on the way is not a real directory (e.g. a symlink planted by the archive)."""

@@ -10,9 +10,12 @@ the unit ends, the job's final state comes from ``ExecMainCode``/``ExecMainStatu
 (:func:`.units.outcome`), its discoverd registration is removed and its port released.
 
 Stopping deregisters first, then asks systemd to stop the unit (SIGTERM, SIGKILL after the job's
-stop timeout, ``KillMode=mixed``). On daemon start :meth:`JobManager.recover` reads every stored
-record and every ``flynn-job-*`` unit, so running jobs survive a ``flynn-host`` restart; units with
-no record are stopped.
+stop timeout, ``KillMode=mixed``). A job that was registered in discoverd gets ``drain_delay``
+seconds between the two (``FLYNN_HOST_DRAIN_DELAY``, default 2): the routers drop it on its
+``down`` event and let the requests in flight finish before the process is asked to stop.
+
+On daemon start :meth:`JobManager.recover` reads every stored record and every ``flynn-job-*``
+unit, so running jobs survive a ``flynn-host`` restart; units with no record are stopped.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class JobManager:
         hub: EventHub | None = None,
         check_host: str = "127.0.0.1",
         attach_wait: float = ATTACH_WAIT,
+        drain_delay: float = 0.0,
     ) -> None:
         self.host_id = host_id
         self.addr = addr
@@ -142,6 +146,7 @@ class JobManager:
         self.hub = hub or EventHub()
         self.check_host = check_host
         self.attach_wait = attach_wait
+        self.drain_delay = drain_delay  # seconds between deregistration and SIGTERM (registered jobs)
         self.jobs: dict[str, JobRecord] = {}
         self.rt: dict[str, Runtime] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -427,16 +432,18 @@ class JobManager:
         rt.done.set()
         self.rt.pop(job.id, None)
 
-    async def _deregister(self, job: JobRecord, rt: Runtime) -> None:
+    async def _deregister(self, job: JobRecord, rt: Runtime) -> bool:
+        """Remove the job's discoverd instance; True when it had one."""
         reg, rt.registration = rt.registration, None
         if reg is None:
-            return
+            return False
         try:
             async with asyncio.timeout(10):
                 await reg.close(deregister=True)
             log.info("job %s: deregistered from %s", job.id, job.spec.service)
         except (TimeoutError, APIError) as exc:
             log.warning("job %s: deregistering failed (%s); its TTL will expire it", job.id, exc)
+        return True
 
     # -- stop, signal -------------------------------------------------------------------------
 
@@ -454,19 +461,37 @@ class JobManager:
                 await task
         if rt.attach is not None and not rt.attach.done():
             rt.attach.cancel()
-        await self._deregister(job, rt)  # before the process gets SIGTERM
+        registered = await self._deregister(job, rt)  # before the process gets SIGTERM
         if not job.unit_started:
             self._finalize(job, Outcome(JobState.DOWN))
             return job
+        if registered and self.drain_delay > 0:
+            self._spawn(self._terminate_after_drain(job), f"drain-{job.id}")
+            return job
+        await self._terminate(job)
+        return job
+
+    async def _terminate(self, job: JobRecord) -> None:
+        """Ask systemd to stop the job's unit (SIGTERM, SIGKILL after the stop timeout)."""
         try:
             await self.backend.stop(job.unit)
         except NoSuchUnit:
             self._finalize(job, Outcome(JobState.DOWN))
-            return job
+            return
         except SystemdError as exc:
             raise JobError(500, f"systemd refused to stop {job.unit}: {exc}", job) from None
         self._spawn(self._stop_guard(job), f"stop-guard-{job.id}")
-        return job
+
+    async def _terminate_after_drain(self, job: JobRecord) -> None:
+        """The routers saw the instance go: wait for their requests in flight, then stop."""
+        await asyncio.sleep(self.drain_delay)
+        if job.final:
+            return
+        try:
+            await self._terminate(job)
+        except JobError as exc:
+            log.error("job %s: %s", job.id, exc)
+            self._spawn(self._stop_guard(job), f"stop-guard-{job.id}")
 
     async def _stop_guard(self, job: JobRecord) -> None:
         """If no D-Bus signal ended the job within its stop timeout (plus grace), ask systemd."""

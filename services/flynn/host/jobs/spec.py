@@ -65,8 +65,12 @@ TOP_FIELDS = frozenset(
         "attach",
         "stop_timeout",
         "meta",
+        "app_mode",
     }
 )
+# "artifact": /app is the artifact (read-only) or empty; "build": /app is an empty directory the
+# job's dynamic user may write, deleted when the job ends (slug builds, docs/gitreceive.md)
+APP_MODES = ("artifact", "build")
 # the controller's artifact object may be passed whole: its other fields are accepted and ignored
 ARTIFACT_FIELDS = frozenset({"id", "type", "uri", "sha256", "meta", "size", "created_at"})
 
@@ -122,6 +126,7 @@ class JobSpec:
     attach: bool = False
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     meta: Mapping[str, str] = field(default_factory=dict)
+    app_mode: str = "artifact"
 
     @property
     def cpu_weight(self) -> int | None:
@@ -151,6 +156,7 @@ class JobSpec:
             "attach": self.attach,
             "stop_timeout": self.stop_timeout,
             "meta": dict(self.meta),
+            "app_mode": self.app_mode,
         }
 
     @classmethod
@@ -176,6 +182,7 @@ class JobSpec:
             attach=bool(data.get("attach", False)),
             stop_timeout=int(data.get("stop_timeout", DEFAULT_STOP_TIMEOUT)),
             meta=dict(data.get("meta") or {}),
+            app_mode=str(data.get("app_mode", "artifact")),
         )
 
 
@@ -351,6 +358,18 @@ def _meta(value: object) -> dict[str, str]:
     return out
 
 
+def _app_mode(value: object, artifact: Artifact | None) -> str:
+    if value is None:
+        return "artifact"
+    if value not in APP_MODES:
+        raise SpecError(f"app_mode {_short(value)} is not one of {', '.join(APP_MODES)}", field="app_mode")
+    if value == "build" and artifact is not None:
+        raise SpecError(
+            "a job with app_mode build takes no artifact (its /app starts empty)", field="app_mode"
+        )
+    return str(value)
+
+
 def parse_job(body: object, host_id: str, path_id: str | None = None) -> JobSpec:
     """Validate a job config; ``path_id`` is the ``:id`` of the URL (the body's ``id`` must match)."""
     if not isinstance(body, dict):
@@ -367,6 +386,7 @@ def parse_job(body: object, host_id: str, path_id: str | None = None) -> JobSpec
     if not isinstance(attach, bool):
         raise SpecError("attach must be true or false", field="attach")
     memory, cpu = _resources(body.get("resources"))
+    artifact = _artifact(body.get("artifact"))
     return JobSpec(
         id=job_id,
         args=_args(body.get("args")),
@@ -374,7 +394,7 @@ def parse_job(body: object, host_id: str, path_id: str | None = None) -> JobSpec
         app_name=_opt_str(body, "app_name", APP_NAME_RE, "app name"),
         release_id=_opt_str(body, "release_id", OBJECT_ID_RE, "id"),
         type=_opt_str(body, "type", TYPE_RE, "process type"),
-        artifact=_artifact(body.get("artifact")),
+        artifact=artifact,
         env=_env(body.get("env")),
         service=service,
         check=_check(body.get("check"), service),
@@ -385,4 +405,5 @@ def parse_job(body: object, host_id: str, path_id: str | None = None) -> JobSpec
             body.get("stop_timeout", DEFAULT_STOP_TIMEOUT), "stop_timeout", 1, MAX_STOP_TIMEOUT
         ),
         meta=_meta(body.get("meta")),
+        app_mode=_app_mode(body.get("app_mode"), artifact),
     )

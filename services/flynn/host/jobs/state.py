@@ -128,6 +128,7 @@ class JobRecord:
             "service": s.service,
             "artifact": s.artifact.to_json() if s.artifact else None,
             "attach": s.attach,
+            "app_mode": s.app_mode,
             "meta": dict(s.meta),
             "exit_status": self.exit_status,
             "signal": self.signal,

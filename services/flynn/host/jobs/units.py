@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flynn.host.jobs import logwrap
 from flynn.host.jobs.spec import JobSpec
 from flynn.host.jobs.state import JobState
 
@@ -24,6 +25,10 @@ TASKS_MAX = 512
 # what a job may not see: the host agent's state (other apps' artifacts, job records) and the
 # platform's configuration (secrets). "-": ignored when missing.
 INACCESSIBLE = ("-/var/lib/flynn", "-/etc/flynn")
+# build jobs (app_mode "build"): /app is the unit's StateDirectory=flynn-build/<job id>, which
+# systemd creates owned by the job's dynamic user (under /var/lib/private, 0700) and which the
+# unit's privileged ExecStopPost removes when the job ends, however it ends
+BUILD_STATE_DIR = "flynn-build"
 
 Property = tuple[str, str, Any]  # (name, D-Bus signature, value)
 
@@ -120,6 +125,15 @@ def log_fields(spec: JobSpec) -> dict[str, str]:
     return fields
 
 
+def exec_start(spec: JobSpec, exec_path: str, *, journal: bool) -> tuple[str, list[str], bool]:
+    """The ``ExecStart=`` entry: a job logging to the journal runs through :mod:`.logwrap` (stdout
+    and stderr as two journal streams); an attached job runs its command directly."""
+    if not journal:
+        return exec_path, list(spec.args), False
+    path, argv = logwrap.command(spec.log_identifier, exec_path, list(spec.args))
+    return path, argv, False
+
+
 @dataclass(frozen=True)
 class Stdio:
     """File descriptors for an attached job's stdin/stdout/stderr (passed over D-Bus)."""
@@ -142,10 +156,10 @@ def unit_properties(
         ("Description", "s", f"Flynn job {spec.id} ({spec.log_identifier})"),
         ("Type", "s", "exec"),
         ("Slice", "s", SLICE),
-        ("ExecStart", "a(sasb)", [(exec_path, list(spec.args), False)]),
+        ("ExecStart", "a(sasb)", [exec_start(spec, exec_path, journal=stdio is None)]),
         ("Environment", "as", [f"{k}={v}" for k, v in sorted(env.items())]),
         ("WorkingDirectory", "s", APP_MOUNT),
-        ("BindReadOnlyPaths", "a(ssbt)", [(str(app_dir), APP_MOUNT, False, 0)]),
+        *_app_mount(spec, app_dir),
         ("MemoryMax", "t", spec.memory),
         ("TasksMax", "t", TASKS_MAX),
         ("DynamicUser", "b", True),
@@ -187,6 +201,29 @@ def unit_properties(
             ("StandardErrorFileDescriptor", "h", stdio.stderr),
         ]
     return props
+
+
+def build_dir(job_id: str) -> str:
+    """Where systemd keeps a build job's /app on the host (DynamicUser puts it under private/)."""
+    return f"/var/lib/private/{BUILD_STATE_DIR}/{job_id}"
+
+
+def _app_mount(spec: JobSpec, app_dir: Path) -> list[Property]:
+    if spec.app_mode != "build":
+        return [("BindReadOnlyPaths", "a(ssbt)", [(str(app_dir), APP_MOUNT, False, 0)])]
+    # The job's mount namespace hides /var/lib/private behind an empty tmpfs, and its ExecStopPost
+    # runs in that namespace too, so it reaches the real directory (and the symlink systemd made)
+    # through PID 1's root. "privileged" = the "+" prefix: root with full capabilities, no sandbox.
+    # The job id is [A-Za-z0-9-] only (spec.parse_job_id), so the paths are safe as arguments.
+    real = f"/proc/1/root{build_dir(spec.id)}"
+    link = f"/proc/1/root/var/lib/{BUILD_STATE_DIR}/{spec.id}"
+    remove = ["/bin/rm", "-rf", "--one-file-system", "--", real, link]
+    return [
+        ("StateDirectory", "as", [f"{BUILD_STATE_DIR}/{spec.id}"]),
+        ("StateDirectoryMode", "u", 0o700),
+        ("BindPaths", "a(ssbt)", [(build_dir(spec.id), APP_MOUNT, False, 0)]),
+        ("ExecStopPostEx", "a(sasas)", [(remove[0], remove, ["privileged"])]),
+    ]
 
 
 # -- unit state -> job outcome -----------------------------------------------------------------

@@ -1,0 +1,234 @@
+"""The control plane of one router process: controller routes and discoverd backends into its table.
+
+* :class:`ControllerFinder` keeps an :class:`~flynn.controller.client.AsyncClient`'s URLs equal to
+  the controllers registered in discoverd (service ``controller``; this host's own first), or uses
+  a configured ``CONTROLLER_URL``.
+* :class:`~flynn.router.routesync.RouteSync` loads the routes and follows their events.
+* :class:`~flynn.router.backendwatch.BackendWatches` watches the services the routes use.
+
+Each worker process runs its own :class:`ControlPlane` (docs/router.md, "Workers"): workers stay
+independent, at the price of one event stream and one watch per service per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from flynn.common.errors import APIError
+from flynn.common.log import register_secret
+from flynn.controller.client import AsyncClient
+from flynn.discoverd.client import Client as DiscoverdClient
+from flynn.router.backendwatch import BackendWatches
+from flynn.router.routes import RouteTable
+from flynn.router.routesync import RouteSync
+from flynn.router.settings import DaemonSettings
+from flynn.router.tls import CertStore
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_SERVICE = "controller"
+REFUSED_FOR = 60.0  # seconds a refused key is not taken up again from the router app's release
+
+
+def _url(addr: str) -> str:
+    return addr.rstrip("/") if "://" in addr else f"http://{addr}"
+
+
+class ControllerFinder:
+    """The controller client, its URLs kept current from discoverd (unless one URL is configured)."""
+
+    def __init__(
+        self,
+        key: str,
+        session: aiohttp.ClientSession,
+        *,
+        url: str | None = None,
+        local_ip: str | None = None,
+        timeout: float = 10.0,
+        retry_for: float = 5.0,
+    ) -> None:
+        self._key = key
+        self._keys = [key]  # known keys, the one in use first
+        self._refused: dict[str, float] = {}  # key -> when the controller refused it
+        self._session = session
+        self._local_ip = local_ip
+        self._timeout = timeout
+        self._retry_for = retry_for
+        self._client: AsyncClient | None = None
+        self._known = asyncio.Event()
+        self.fixed = url is not None
+        if url is not None:
+            self._set_urls([url])
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._client.urls) if self._client is not None else []
+
+    def set_key(self, key: str) -> None:
+        """A new controller key (from the router app's release), for every request from now on;
+        the ones used before stay as fallbacks (:meth:`next_key`) should it be refused."""
+        refused_at = self._refused.get(key)
+        if key == self._key or (refused_at is not None and time.monotonic() - refused_at < REFUSED_FOR):
+            return
+        register_secret(key)
+        self._keys = [key, *[k for k in self._keys if k != key][:3]]
+        self._use(key)
+        log.info("using the router app's CONTROLLER_KEY")
+
+    def next_key(self) -> None:
+        """The controller refused the key (401): try the next known one (a mistyped rotation
+        must not cut the router off from the release that corrects it)."""
+        if len(self._keys) > 1:
+            self._refused[self._keys[0]] = time.monotonic()  # not taken up again for a while
+            self._keys = [*self._keys[1:], self._keys[0]]
+            self._use(self._keys[0])
+            log.warning("the controller refused the key: trying an earlier one")
+
+    def _use(self, key: str) -> None:
+        self._key = key
+        if self._client is not None:
+            self._client.set_key(key)
+
+    def _set_urls(self, urls: list[str]) -> None:
+        if self._client is None:
+            self._client = AsyncClient(
+                urls, self._key, timeout=self._timeout, retry_for=self._retry_for, session=self._session
+            )
+        elif urls != self._client.urls:
+            self._client.set_urls(urls)
+        self._known.set()
+
+    async def client(self) -> AsyncClient:
+        """The client, once a controller is known (waits until then)."""
+        await self._known.wait()
+        if self._client is None:
+            raise APIError(0, "no controller is known")
+        return self._client
+
+    async def follow(self, discoverd: DiscoverdClient, *, retry_after: float = 1.0) -> None:
+        while True:
+            try:
+                await self._follow(discoverd)
+            except APIError as exc:
+                log.warning("discoverd watch of %s failed (%s); retrying", CONTROLLER_SERVICE, exc.message)
+            await asyncio.sleep(retry_after)
+
+    async def _follow(self, discoverd: DiscoverdClient) -> None:
+        addrs: dict[str, str] = {}
+        current = False  # the snapshot is complete: act on the whole set, not instance by instance
+        async for event in discoverd.watch(CONTROLLER_SERVICE):
+            inst = event.instance
+            if event.kind in ("up", "update") and inst is not None and isinstance(inst.get("addr"), str):
+                addrs[str(inst["id"])] = str(inst["addr"])
+            elif event.kind == "down" and inst is not None:
+                addrs.pop(str(inst["id"]), None)
+            elif event.kind == "current":
+                current = True
+            else:
+                continue
+            if current and addrs:
+                local = self._local_ip
+                ordered = sorted(addrs.values(), key=lambda a: (a.rsplit(":", 1)[0] != local, a))
+                urls = [_url(a) for a in ordered]
+                if urls != self.urls:
+                    log.info("controllers: %s", ", ".join(urls))
+                self._set_urls(urls)
+
+
+class ControlPlane:
+    """Runs the finder, the route sync and the backend watches for one route table."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        settings: DaemonSettings,
+        *,
+        certs: CertStore | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
+        if settings.controller_key is None:
+            raise ValueError("the control plane needs CONTROLLER_KEY")
+        self.table = table
+        self.settings = settings
+        self.certs = certs
+        self.retry_after = retry_after
+        self.session: aiohttp.ClientSession | None = None
+        self.discoverd: DiscoverdClient | None = None
+        self.finder: ControllerFinder | None = None
+        self.sync: RouteSync | None = None
+        self.watches: BackendWatches | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        key = self.settings.controller_key
+        if key is None:
+            raise ValueError("the control plane needs CONTROLLER_KEY")
+        self.session = aiohttp.ClientSession()
+        self.discoverd = DiscoverdClient(list(self.settings.discoverd_urls), session=self.session)
+        self.finder = ControllerFinder(
+            key, self.session, url=self.settings.controller_url, local_ip=self.settings.addr
+        )
+        self.watches = BackendWatches(self.table, self.discoverd, retry_after=self.retry_after)
+        self.sync = RouteSync(
+            self.table,
+            self.finder.client,
+            certs=self.certs,
+            on_key=self.finder.set_key,
+            on_unauthorized=self.finder.next_key,
+            on_change=self._routes_changed,
+            retry_after=self.retry_after,
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.sync.run(), name="route-sync"))
+        if not self.finder.fixed:
+            self._tasks.append(
+                loop.create_task(
+                    self.finder.follow(self.discoverd, retry_after=self.retry_after), name="controllers"
+                )
+            )
+
+    def _routes_changed(self) -> None:
+        if self.sync is None or self.watches is None:
+            return
+        keys = set()
+        for rid in self.sync.owned:
+            route = self.table.get_route(rid)
+            if route is not None:
+                keys.add(route.service)
+        self.watches.want(keys)
+
+    @property
+    def synced(self) -> bool:
+        """Routes loaded at least once and every routed service's backends known."""
+        return (
+            self.sync is not None
+            and self.sync.synced.is_set()
+            and self.watches is not None
+            and self.watches.ready()
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "synced": self.synced,
+            "controllers": self.finder.urls if self.finder is not None else [],
+            "routes": self.sync.status() if self.sync is not None else {},
+            "watches": self.watches.status() if self.watches is not None else {},
+        }
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self.watches is not None:
+            await self.watches.close()
+        if self.session is not None:
+            await self.session.close()
