@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -41,6 +42,7 @@ MAX_HOSTS = 50
 BOOT_TIMEOUT = float(os.environ.get("FLYNN_DEV_BOOT_TIMEOUT", "120"))
 READY_UNITS = ("flynn-host.service",)
 ETC_HOSTS_CLUSTER = "dev"  # the developer's cluster (scripts/up): its names go into /etc/hosts
+APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # the controller's app names
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ClusterState:
     build_id: str = ""
     subnet: str = ""
     peers: list[str] = field(default_factory=list)  # bootstrap Raft peers (addresses)
+    published: list[str] = field(default_factory=list)  # app names in the dev /etc/hosts block
 
     @classmethod
     def load(cls, path: Path) -> ClusterState | None:
@@ -183,13 +186,32 @@ class Cluster:
         print(f"cluster: bootstrapped in {time.monotonic() - t0:.1f}s", flush=True)
 
     def _publish_names(self, state: ClusterState) -> None:
-        """The developer's cluster only: controller.DOMAIN and git.DOMAIN in the machine's
-        /etc/hosts (a managed block, removed by `down`), for `flynn cluster add ... DOMAIN KEY`."""
+        """The developer's cluster only: controller.DOMAIN, git.DOMAIN and the published apps'
+        APP.DOMAIN in the machine's /etc/hosts (a managed block, removed by `down`), for
+        `flynn cluster add ... DOMAIN KEY` and for opening apps by name."""
         if netns.NAME != ETC_HOSTS_CLUSTER:
             return
-        names = [f"controller.{self.domain}", f"git.{self.domain}"]
+        names = [f"{n}.{self.domain}" for n in ("controller", "git", *state.published)]
         etchosts.install(netns.NAME, {ip: names for ip in state.peers})
         print(f"cluster: {' '.join(names)} -> the routers, in /etc/hosts", flush=True)
+
+    def publish(self, apps: list[str]) -> None:
+        """Add APP.DOMAIN of each app to the dev cluster's /etc/hosts block (names, not wildcards:
+        /etc/hosts has none)."""
+        if netns.NAME != ETC_HOSTS_CLUSTER:
+            raise DevError(
+                f"only the {ETC_HOSTS_CLUSTER} cluster writes /etc/hosts; use FLYNN_RESOLVE or curl --resolve"
+            )
+        for app in apps:
+            if not APP_NAME_RE.match(app):
+                raise DevError(f"{app!r} is not an app name")
+        with self.locked():
+            state = self.state()
+            if state is None or not state.peers:
+                raise DevError("cluster is not up; run `scripts/cluster up N` first")
+            state.published = sorted(set(state.published) | set(apps))
+            state.save(self.state_file)
+            self._publish_names(state)
 
     def bootstrap_result(self) -> dict[str, Any]:
         """What `flynn-host bootstrap` wrote on host1 (key, TLS pin, controller URL)."""
@@ -430,6 +452,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("start", "stop", "kill", "partition", "heal", "ip"):
         sp = sub.add_parser(name)
         sp.add_argument("host")
+    pub = sub.add_parser("publish", help="dev cluster: add APP.DOMAIN names to this machine's /etc/hosts")
+    pub.add_argument("apps", nargs="+", metavar="APP")
     im = sub.add_parser("image", help="build the image layers")
     im.add_argument("--rebuild", action="store_true", help="rebuild even when cached")
     return p.parse_args(argv)
@@ -469,6 +493,7 @@ COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace], object]] = {
     "partition": lambda c, a: c.partition(a.host, heal=False),
     "heal": lambda c, a: c.partition(a.host, heal=True),
     "ip": lambda c, a: print(c.host(a.host).ip),
+    "publish": lambda c, a: c.publish(a.apps),
     "image": _image,
 }
 
