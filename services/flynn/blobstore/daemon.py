@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 from aiohttp import web
 
@@ -22,6 +21,7 @@ from flynn.blobstore.backends import create_backend
 from flynn.blobstore.backends.base import Backend, BackendUnavailable
 from flynn.blobstore.config import SERVICE, BlobstoreConfig
 from flynn.common import sdnotify
+from flynn.common.daemon import run_daemon
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import register_secret, setup_logging
 from flynn.discoverd.client import Client as DiscoverdClient
@@ -138,18 +138,7 @@ async def serve(cfg: BlobstoreConfig) -> int:
 
 
 def main() -> None:
-    try:
-        cfg = BlobstoreConfig.from_env()
-    except ConfigError as exc:
-        print(f"flynn-blobstore: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        import uvloop
-    except ImportError:
-        code = asyncio.run(serve(cfg))
-    else:
-        code = uvloop.run(serve(cfg))
-    sys.exit(code)
+    run_daemon("flynn-blobstore", BlobstoreConfig.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 import flynn
 from flynn.common import sdnotify
-from flynn.common.errors import APIError, ConfigError
+from flynn.common.daemon import run_daemon
+from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.controller.config import ControllerConfig, database_password
 from flynn.controller.service import Controller
@@ -83,17 +83,7 @@ async def serve(cfg: ControllerConfig) -> None:
 
 
 def main() -> None:
-    try:
-        cfg = ControllerConfig.from_env()
-    except ConfigError as exc:
-        print(f"flynn-controller: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(cfg))
-    else:
-        uvloop.run(serve(cfg))
+    run_daemon("flynn-controller", ControllerConfig.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from typing import Any
 
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.errors import ConfigError
+from flynn.common.daemon import run_daemon
 from flynn.common.log import register_secret, setup_logging
 from flynn.discoverd.api import make_app
 from flynn.discoverd.config import DiscoverdConfig
@@ -91,17 +90,7 @@ async def serve(cfg: DiscoverdConfig) -> None:
 
 
 def main() -> None:
-    try:
-        cfg = DiscoverdConfig.from_env()
-    except ConfigError as exc:
-        print(f"flynn-discoverd: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(cfg))
-    else:
-        uvloop.run(serve(cfg))
+    run_daemon("flynn-discoverd", DiscoverdConfig.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.errors import APIError, ConfigError
+from flynn.common.daemon import run_daemon
+from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.controller.client import AsyncClient
 from flynn.discoverd.client import Client as DiscoverdClient
@@ -189,18 +190,7 @@ def main() -> None:
     if args:
         print("usage: flynn-gitreceive [hook pre-receive|post-receive]", file=sys.stderr)
         sys.exit(2)
-    try:
-        cfg = GitreceiveConfig.from_env()
-    except ConfigError as exc:
-        print(f"flynn-gitreceive: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        import uvloop
-    except ImportError:
-        code = asyncio.run(serve(cfg))
-    else:
-        code = uvloop.run(serve(cfg))
-    sys.exit(code)
+    run_daemon("flynn-gitreceive", GitreceiveConfig.from_env, serve)
 
 
 if __name__ == "__main__":

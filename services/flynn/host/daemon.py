@@ -10,6 +10,7 @@ import signal
 from aiohttp import web
 
 from flynn.common import sdnotify
+from flynn.common.daemon import run_loop
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import setup_logging
 from flynn.discoverd.client import Client as DiscoverdClient
@@ -114,9 +115,4 @@ async def serve(config: HostConfig) -> None:
 
 
 def run(config: HostConfig) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+    run_loop(serve(config))

@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.errors import APIError, ConfigError
+from flynn.common.daemon import run_daemon
+from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
@@ -169,17 +169,7 @@ async def serve(cfg: AggregatorConfig) -> None:
 
 
 def main() -> None:
-    try:
-        cfg = AggregatorConfig.from_env()
-    except ConfigError as exc:
-        print(f"flynn-logaggregator: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(cfg))
-    else:
-        uvloop.run(serve(cfg))
+    run_daemon("flynn-logaggregator", AggregatorConfig.from_env, serve)
 
 
 if __name__ == "__main__":

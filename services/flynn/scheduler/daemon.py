@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
+from flynn.common.daemon import run_loop
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.http import error_middleware
 from flynn.common.log import register_secret, setup_logging
@@ -186,13 +187,7 @@ def main() -> None:
         print(f"flynn-scheduler: {exc}", file=sys.stderr)
         sys.exit(1)
     try:
-        import uvloop
-    except ImportError:
-        runner: Callable[[Any], None] = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(serve(cfg))
+        run_loop(serve(cfg))
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"flynn-scheduler: cannot listen on {cfg.announce}: {reason}", file=sys.stderr)

@@ -32,14 +32,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any, LiteralString
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from flynn.blobstore.backends.base import (
@@ -50,6 +46,7 @@ from flynn.blobstore.backends.base import (
     BlobNotFound,
     BlobReader,
 )
+from flynn.common.migrations import Migration, Schema
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,6 @@ MIGRATIONS_LOCK = 7301000000000005  # session pg_advisory_lock key (the controll
 PATH_LOCK_CLASS = 7305  # pg_advisory_xact_lock(class, hashtext(path)): one writer commits a path at a time
 MIGRATIONS_TABLE = "blobstore_schema_migrations"
 SWEEP_BATCH = 32  # chunks removed per sweeper transaction
-_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 # errors that mean "the database cannot be used right now" (answered 503, never 500)
 UNAVAILABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, PoolTimeout)
@@ -91,65 +87,18 @@ def _info(row: Sequence[Any]) -> BlobInfo:
 # -- schema ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
+SCHEMA = Schema(
+    "flynn.blobstore.backends", "migrations", MIGRATIONS_LOCK, table=MIGRATIONS_TABLE, what="blobstore"
+)
 
 
 def available_migrations() -> list[Migration]:
-    out: list[Migration] = []
-    for entry in resources.files("flynn.blobstore.backends").joinpath("migrations").iterdir():
-        m = _NAME_RE.match(entry.name)
-        if m is not None:
-            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
-    if not out:
-        raise RuntimeError(
-            "no blobstore schema files (flynn/blobstore/backends/migrations/*.sql) in this installation"
-        )
-    out.sort(key=lambda mig: mig.version)
-    versions = [mig.version for mig in out]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"duplicate blobstore migration versions in {versions}")
-    return out
+    return SCHEMA.available()
 
 
 async def migrate(url: str, *, connect_timeout: float = 5.0) -> list[int]:
     """Apply the missing migrations under the advisory lock; returns the versions applied now."""
-    applied: list[int] = []
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **connect_options(connect_timeout))
-    try:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS_LOCK,))
-        try:
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(sql.Identifier(MIGRATIONS_TABLE))
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT version FROM {}").format(sql.Identifier(MIGRATIONS_TABLE))
-            )
-            done = {int(row[0]) for row in await cur.fetchall()}
-            for mig in available_migrations():
-                if mig.version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql.SQL(mig.sql))  # shipped files, not input
-                    await conn.execute(
-                        sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
-                            sql.Identifier(MIGRATIONS_TABLE)
-                        ),
-                        (mig.version, mig.name),
-                    )
-                log.info("applied blobstore migration %04d_%s", mig.version, mig.name)
-                applied.append(mig.version)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATIONS_LOCK,))
-    finally:
-        await conn.close()
-    return applied
+    return await SCHEMA.migrate(url, **connect_options(connect_timeout))
 
 
 # -- streaming helpers -----------------------------------------------------------------------------
