@@ -8,7 +8,8 @@ import pytest
 from aiohttp import web
 
 from flynn.common.errors import APIError
-from flynn.common.http import Client, error_middleware, read_json
+from flynn.common.http import Client
+from flynn.common.web import error_middleware, read_json
 
 
 async def echo(request: web.Request) -> web.Response:

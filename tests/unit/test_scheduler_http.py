@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from flynn.common.http import Handler, error_middleware, json_error
+from flynn.common.web import Handler, error_middleware, json_error
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
 from flynn.scheduler.cluster import HostsCluster

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from flynn.blobstore.backends.base import Backend, BackendUnavailable, BlobInfo, BlobNotFound, BlobReader
 from flynn.blobstore.paths import InvalidPath, validate_path, validate_prefix
-from flynn.common.http import error_middleware, json_error
+from flynn.common.web import error_middleware, json_error
 
 log = logging.getLogger(__name__)
 

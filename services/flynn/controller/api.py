@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 
 import flynn
 from flynn.common.errors import APIError
-from flynn.common.http import Handler, error_middleware, json_error
+from flynn.common.web import Handler, error_middleware, json_error
 from flynn.controller import auth, events, logs_api, openapi, render, routes_api, schema, sshkeys
 from flynn.controller.auth import KeySet
 from flynn.controller.db import UNAVAILABLE, Database

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from flynn.common.http import Handler
 from flynn.common.log import register_secret
+from flynn.common.web import Handler
 from flynn.controller.db import Database
 
 log = logging.getLogger(__name__)

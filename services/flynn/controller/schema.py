@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from flynn.common.http import read_json
+from flynn.common.web import read_json
 from flynn.controller.errors import Invalid, NotFound
 
 APP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flynn.common.http import error_middleware, json_error, read_json
+from flynn.common.web import error_middleware, json_error, read_json
 from flynn.discoverd import validate
 from flynn.discoverd.membership import Membership
 from flynn.discoverd.raft import Unavailable

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 import flynn
-from flynn.common.http import error_middleware
+from flynn.common.web import error_middleware
 from flynn.host import sysinfo
 from flynn.host.identity import HostIdentity
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flynn.common.http import error_middleware, json_error
+from flynn.common.web import error_middleware, json_error
 from flynn.logs.buffer import Buffers, LineFilter
 from flynn.logs.model import Line
 

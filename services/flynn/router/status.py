@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flynn.common.http import error_middleware
+from flynn.common.web import error_middleware
 from flynn.router.stats import Stats
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from aiohttp import web
 from flynn.common import sdnotify
 from flynn.common.daemon import run_loop
 from flynn.common.errors import APIError, ConfigError
-from flynn.common.http import error_middleware
 from flynn.common.log import register_secret, setup_logging
+from flynn.common.web import error_middleware
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
 from flynn.scheduler.cluster import HostsCluster

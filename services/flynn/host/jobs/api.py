@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from flynn.common.http import read_json
+from flynn.common.web import read_json
 from flynn.host.jobs.attach import AttachSession
 from flynn.host.jobs.journal import LogSource
 from flynn.host.jobs.manager import JobError, JobManager
