@@ -94,7 +94,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         print("bench: booting 3 hosts (cluster 'bench')", flush=True)
-        cluster("up", "3", timeout=900)
+        cluster("up", "3", "--discoverd-only", timeout=900)  # discoverd alone: what is measured
         addrs = hosts()
         times = [trial(addrs) for _ in range(args.kills)]
         print(
