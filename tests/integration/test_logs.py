@@ -307,6 +307,9 @@ def test_a_syslog_sink_gets_every_line_and_survives_its_receiver_dying(
         wait_until("the buffer to fill", lambda: sink_status(api, sink_id).get("dropped", 0) >= extra, 60)
         receiver.start()
         wait_until("the buffered lines", lambda: sink_status(api, sink_id).get("buffered", 1) == 0, 60)
+        # "buffered" is 0 once the lines are written to the socket: the receiver may still be
+        # reading them
+        wait_until("the receiver to read them", lambda: len(burst_lines(receiver, "C")) >= SINK_BUFFER, 60)
         status = sink_status(api, sink_id)
         assert status["dropped"] == extra
         got = burst_lines(receiver, "C")

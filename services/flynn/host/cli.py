@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -139,14 +140,62 @@ def list_hosts(discoverd_url: str | None, as_json: bool) -> None:
         click.echo(f"{r['id']:16} {r['addr']:18} {r['raft']}{' (leader)' if r['leader'] else ''}")
 
 
+PROMOTE_CATCH_UP_SECONDS = 30.0
+
+
+def _caught_up(target: Client, index: int) -> tuple[bool, str]:
+    """Whether the node behind *target* votes, follows a leader and has applied *index*."""
+    try:
+        st = target.get("/raft/status")
+    except APIError as exc:
+        return False, str(exc)
+    if st.get("role") != "peer":
+        return False, f"still a {st.get('role')}"
+    if not st.get("leader") or not st.get("has_quorum"):
+        return False, "not following a leader yet"
+    cut_off = sorted(ip for ip, ok in (st.get("connected") or {}).items() if not ok)
+    if cut_off:
+        return False, f"not connected to {', '.join(cut_off)}"
+    applied = int(st.get("last_applied") or 0)
+    if applied < index:
+        return False, f"applied index {applied} of {index}"
+    return True, f"caught up at index {applied}"
+
+
 @main.command()
 @discoverd_option
+@click.option(
+    "--no-wait", is_flag=True, help="return once the membership change commits, before the new peer caught up"
+)
 @click.argument("addr")
-def promote(discoverd_url: str | None, addr: str) -> None:
-    """Make the host at ADDR a voting Raft peer."""
-    out = _call(_discoverd(discoverd_url), "PUT", f"/raft/peers/{addr}")
-    verb = "promoted" if out.get("changed") else "already a peer:"
-    click.echo(f"{verb} {addr}; peers: {', '.join(out['peers'])}")
+def promote(discoverd_url: str | None, no_wait: bool, addr: str) -> None:
+    """Make the host at ADDR a voting Raft peer.
+
+    Waits until the new peer follows the leader and has applied the log written before it was
+    promoted: only then does it add fault tolerance (a peer still catching up cannot vote a new
+    leader in or acknowledge writes)."""
+    client = _discoverd(discoverd_url)
+    out = _call(client, "PUT", f"/raft/peers/{addr}")
+    peers = ", ".join(out["peers"])
+    if not out.get("changed"):
+        click.echo(f"already a peer: {addr}; peers: {peers}")
+        return
+    if no_wait:
+        click.echo(f"promoted {addr}; peers: {peers}")
+        return
+    index = int(_call(client, "GET", "/raft/status").get("commit_index") or 0)
+    port = urlsplit(client.base_url).port or 1111
+    host = f"[{addr}]" if ":" in addr else addr
+    target = Client(f"http://{host}:{port}", timeout=2)
+    deadline = time.monotonic() + PROMOTE_CATCH_UP_SECONDS
+    while True:
+        ok, why = _caught_up(target, index)
+        if ok:
+            click.echo(f"promoted {addr} ({why}); peers: {peers}")
+            return
+        if time.monotonic() >= deadline:
+            _fail(f"promoted {addr} but it has not caught up within {PROMOTE_CATCH_UP_SECONDS:g}s ({why})")
+        time.sleep(0.2)
 
 
 @main.command()
