@@ -101,7 +101,13 @@ def normalize_host(raw: bytes) -> bytes | None:
         host = host[:colon]
     if host.endswith(b"."):
         host = host[:-1]
-    if not host or b"/" in host or b" " in host or b"@" in host or b"\\" in host:
+    if (
+        not host
+        or host.find(b"/") >= 0
+        or host.find(b" ") >= 0
+        or host.find(b"@") >= 0
+        or host.find(b"\\") >= 0
+    ):
         return None
     return host
 
@@ -114,7 +120,7 @@ def cookie_value(cookies: list[bytes], name: bytes) -> bytes | None:
     """The value of cookie ``name`` in the request's Cookie header fields, if any."""
     needle = name + b"="
     for header in cookies:
-        if needle not in header:
+        if header.find(needle) < 0:  # (not "in": bytes.__contains__ tries an int first)
             continue
         for raw in header.split(b";"):
             part = raw.strip()

@@ -12,7 +12,9 @@ follows the upstream's write buffer and the other way round; nothing is buffered
 
 This is the hot path of the router, written for few Python operations per request: settings
 are copied onto the connection, the exchange object stores only what differs from its class
-defaults, and the response head is assembled from the upstream's raw field block.
+defaults, and the response head is assembled from the upstream's raw field block. The classes
+are asyncio protocols without deriving from :class:`asyncio.Protocol` (asyncio only calls their
+methods), so that they compile to native classes (docs/router.md, "Compiled").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import cast
+from typing import Any, Final
 
 from httptools import (
     HttpParserCallbackError,
@@ -39,7 +41,6 @@ from flynn.router.headers import (
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_XFF,
-    IDEMPOTENT,
     REQUEST_FIELDS,
     normalize_host,
     sticky_set_cookie,
@@ -53,19 +54,19 @@ from flynn.router.upstream import UpstreamConn
 log = logging.getLogger(__name__)
 
 # parser phases
-IDLE = 0  # between requests
-HEAD = 1  # request line and header fields
-BODY = 2  # request body
-TUNNEL = 3  # after an Upgrade request: bytes wait for the upstream's 101
-DONE = 4  # a bad request was seen: nothing more is read
+IDLE: Final = 0  # between requests
+HEAD: Final = 1  # request line and header fields
+BODY: Final = 2  # request body
+TUNNEL: Final = 3  # after an Upgrade request: bytes wait for the upstream's 101
+DONE: Final = 4  # a bad request was seen: nothing more is read
 
 # reasons to pause reading from the client
-P_PIPELINE = 1
-P_UPSTREAM = 2
-P_TUNNEL = 4
+P_PIPELINE: Final = 1
+P_UPSTREAM: Final = 2
+P_TUNNEL: Final = 4
 
-DISCARDABLE_BODY = 65536  # after an answer of our own, a declared body up to this is read and dropped
-TUNNEL_EARLY_MAX = 65536
+DISCARDABLE_BODY: Final = 65536  # after an answer of our own, a declared body up to this is read and dropped
+TUNNEL_EARLY_MAX: Final = 65536
 
 
 class _Reject(Exception):
@@ -93,11 +94,7 @@ class H1Exchange(Exchange):
     early: list[bytes] | None = None  # tunnel bytes read after an Upgrade request
 
     def __init__(self, conn: H1Conn, method: bytes, target: bytes, host: bytes, fields: bytes) -> None:
-        self.ctx = conn.ctx
-        self.method = method
-        self.idempotent = method in IDEMPOTENT
-        if method == b"HEAD":
-            self.is_head = True
+        super().__init__(conn.ctx, method)
         self.conn = conn
         self.target = target
         self.host = host
@@ -272,8 +269,8 @@ class H1Exchange(Exchange):
         client.become_tunnel(self, conn, extra, backend)
 
 
-class H1Conn(asyncio.Protocol):
-    """One client connection speaking HTTP/1.x."""
+class H1Conn:
+    """One client connection speaking HTTP/1.x (an asyncio protocol)."""
 
     def __init__(self, ctx: ProxyContext, port: int, tls: bool) -> None:
         self.ctx = ctx
@@ -311,9 +308,9 @@ class H1Conn(asyncio.Protocol):
             port,
         )
 
-    # --- asyncio.Protocol ----------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    # --- asyncio protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
@@ -356,7 +353,7 @@ class H1Conn(asyncio.Protocol):
             if self.phase == HEAD and self.head_bytes > self.max_head:
                 self._reject(Answer(431))
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool:
         # a half-closed client may still wait for its answer, unless nothing is in flight
         self.eof = True
         if self.tunnel_owner is not None:

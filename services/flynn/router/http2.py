@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import cast
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -197,8 +197,8 @@ class H2Stream(Exchange):
         self.conn.flush()
 
 
-class H2Conn(asyncio.Protocol):
-    """One client connection speaking HTTP/2."""
+class H2Conn:
+    """One client connection speaking HTTP/2 (an asyncio protocol)."""
 
     def __init__(self, ctx: ProxyContext, port: int) -> None:
         self.ctx = ctx
@@ -228,9 +228,9 @@ class H2Conn(asyncio.Protocol):
         self.client_ip = b""
         self.fwd_tail = b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: %d\r\nX-Request-Id: " % port
 
-    # --- asyncio.Protocol ----------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    # --- asyncio protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()

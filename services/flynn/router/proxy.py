@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from flynn.router.backends import Backend, Service
 from flynn.router.config import RouterConfig
@@ -55,9 +57,12 @@ class ProxyContext:
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self.hosts: dict[bytes, bytes] = {}  # Host header as sent -> normalized host (a cache)
+        # settings read on every request, copied out of the (frozen dataclass) config
+        self.upstream_max_idle = config.upstream_max_idle
+        self.upstream_attempts = config.upstream_attempts
 
-    def spawn(self, coro: asyncio.Future[None] | object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
@@ -66,12 +71,14 @@ class ProxyContext:
 class Exchange:
     """One request: backend choice, upstream connection, request body, retries.
 
-    Subclasses implement the :class:`~flynn.router.upstream.Sink` methods that write the
-    response (``on_head``, ``on_body``, ``on_end``, ``on_interim``, ``on_upgrade``, ``flush``),
-    ``send_answer`` for the router's own answers, ``client_reading`` and ``abort_client``.
+    It is the sink of its upstream connection (:class:`~flynn.router.upstream.UpstreamConn`
+    calls ``on_interim``, ``on_head``, ``on_body``, ``on_end``, ``on_upgrade``, ``flush``,
+    ``upstream_failed``, ``upstream_writable``). Subclasses implement those that write the
+    response, ``send_answer`` for the router's own answers, ``client_reading`` and
+    ``abort_client``.
 
-    Attributes that most requests never change are class-level defaults (instances only store
-    what differs), which keeps creating one per request cheap.
+    Attributes have class-level defaults: interpreted, an instance only stores what differs;
+    compiled, they are the initial values of the native object's fields.
     """
 
     head = b""  # request line and header fields for the upstream
@@ -194,7 +201,7 @@ class Exchange:
         self._attach(conn)
 
     def _retry(self) -> None:
-        if self.attempts < self.ctx.config.upstream_attempts:
+        if self.attempts < self.ctx.upstream_attempts:
             self.ctx.stats.retries += 1
             self.dispatch()
         else:
@@ -257,7 +264,7 @@ class Exchange:
             self.abort_client()
             return
         retryable = self.idempotent and not self.has_body and not conn.head_done
-        if retryable and self.attempts < ctx.config.upstream_attempts:
+        if retryable and self.attempts < ctx.upstream_attempts:
             if conn.uses <= 1 and backend is not None:
                 # a fresh connection broke: the backend is at fault; a pooled one may just have
                 # been closed by the backend's keep-alive timeout, so the same backend may do

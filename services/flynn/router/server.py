@@ -14,8 +14,9 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import Any, cast
+from typing import Any
 
+from flynn.router import _native
 from flynn.router.config import RouterConfig
 from flynn.router.http1 import H1Conn
 from flynn.router.http2 import H2Conn
@@ -46,8 +47,9 @@ def bind_socket(ip: str, port: int, *, reuse_port: bool, backlog: int = 1024) ->
     return sock
 
 
-class AlpnSwitch(asyncio.Protocol):
-    """First protocol of a TLS connection: after the handshake, hand over to HTTP/2 or HTTP/1.1."""
+class AlpnSwitch:
+    """First protocol of a TLS connection (an asyncio protocol): after the handshake, hand over to
+    HTTP/2 or HTTP/1.1."""
 
     __slots__ = ("ctx", "port")
 
@@ -55,8 +57,7 @@ class AlpnSwitch(asyncio.Protocol):
         self.ctx = ctx
         self.port = port
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Any) -> None:
         sslobj = transport.get_extra_info("ssl_object")
         proto: H1Conn | H2Conn
         if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
@@ -182,6 +183,7 @@ class Router:
             "https": list(self.https_ports),
             "tcp": sorted(self._tcp_servers),
         }
+        out["implementation"] = {"data_plane": _native.state, "reason": _native.reason}
         if self.listen_errors:
             out["listen_errors"] = {str(k): v for k, v in self.listen_errors.items()}
         return out
@@ -219,7 +221,8 @@ class Router:
         cfg = self.config
         try:
             sock = bind_socket(cfg.listen_ip, port, reuse_port=cfg.reuse_port)
-            server = await ctx.loop.create_server(lambda: TCPFrontend(ctx, port), sock=sock)
+            factory: Any = lambda: TCPFrontend(ctx, port)  # noqa: E731 - not an asyncio.Protocol subclass
+            server = await ctx.loop.create_server(factory, sock=sock)
         except OSError as exc:
             self.listen_errors[port] = str(exc)
             log.error("TCP route port %d: cannot listen: %s", port, exc)

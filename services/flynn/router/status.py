@@ -18,12 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from flynn.common.web import error_middleware
-from flynn.router.stats import Stats
+from flynn.router.stats import FIELDS
 
 log = logging.getLogger(__name__)
 
 StatusSource = Callable[[], Awaitable[dict[str, Any] | None]]
-COUNTERS = (*(name for name in Stats.__slots__ if name != "started"), "errors")
+COUNTERS = (*(name for name in FIELDS if name != "started"), "errors")
 
 
 def combine(parts: Sequence[dict[str, Any] | None], **info: Any) -> tuple[int, dict[str, Any]]:
@@ -45,6 +45,8 @@ def combine(parts: Sequence[dict[str, Any] | None], **info: Any) -> tuple[int, d
             entry["inflight"] += int(svc.get("inflight", 0))
     out["services"] = dict(sorted(services.items()))
     out["listeners"] = first.get("listeners", {})
+    if "implementation" in first:  # the same in every worker: one package, one import
+        out["implementation"] = first["implementation"]
     errors: dict[str, str] = {}
     for p in alive:
         errors.update(p.get("listen_errors") or {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Any
 
 from flynn.router.backends import Backend
 from flynn.router.proxy import ProxyContext
@@ -19,8 +19,8 @@ from flynn.router.proxy import ProxyContext
 log = logging.getLogger(__name__)
 
 
-class Pipe(asyncio.Protocol):
-    """One end of a tunnel: reads from its own transport, writes to the peer's."""
+class Pipe:
+    """One end of a tunnel (an asyncio protocol): reads from its own transport, writes to the peer's."""
 
     __slots__ = ("eof", "peer", "transport", "tunnel")
 
@@ -30,15 +30,15 @@ class Pipe(asyncio.Protocol):
         self.peer: Pipe | None = None
         self.eof = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.write(data)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
         if peer is None or peer.transport is None:
@@ -88,8 +88,10 @@ class Tunnel:
         """Take over two connected transports. ``a_to_b``/``b_to_a``: bytes already read from one
         side that the other must get first."""
         tunnel = cls(on_close)
-        a.set_protocol(tunnel.a)
-        b.set_protocol(tunnel.b)
+        end_a: Any = tunnel.a
+        end_b: Any = tunnel.b
+        a.set_protocol(end_a)
+        b.set_protocol(end_b)
         tunnel.a.connection_made(a)
         tunnel.b.connection_made(b)
         if a_to_b:
@@ -118,8 +120,9 @@ class Tunnel:
         self.close()
 
 
-class TCPFrontend(asyncio.Protocol):
-    """A connection to a TCP route's port: connect to a backend (retrying others), then splice."""
+class TCPFrontend:
+    """A connection to a TCP route's port (an asyncio protocol): connect to a backend (retrying
+    others), then splice."""
 
     __slots__ = ("backend", "buffered", "ctx", "port", "transport", "tried")
 
@@ -131,8 +134,8 @@ class TCPFrontend(asyncio.Protocol):
         self.tried: tuple[Backend, ...] = ()
         self.backend: Backend | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
         self.ctx.stats.tcp_connections += 1
         transport.pause_reading()
         self.ctx.spawn(self._connect())
@@ -140,7 +143,7 @@ class TCPFrontend(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffered.append(data)  # only before the splice; reading is paused meanwhile
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool:
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

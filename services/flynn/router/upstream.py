@@ -1,20 +1,27 @@
 """Upstream side: HTTP/1.1 connections to backends, pooled per backend, one exchange at a time.
 
 An :class:`UpstreamConn` parses responses with httptools (llhttp validates the status line, the
-header syntax and the framing) and reports them to its current :class:`Sink`, the exchange that
-sent the request. To keep the per-response cost low, header fields are not handed over one
-callback at a time: once llhttp has accepted the whole head, the raw field block is taken from
-the received bytes and hop-by-hop fields are cut out of it with a few byte searches.
+header syntax and the framing) and reports them to its current sink, the
+:class:`~flynn.router.proxy.Exchange` that sent the request. To keep the per-response cost low,
+header fields are not handed over one callback at a time: once llhttp has accepted the whole
+head, the raw field block is taken from the received bytes and hop-by-hop fields are cut out of
+it with a few byte searches. What the sink reads from the connection: ``status_line``
+(``b"HTTP/1.1 200 OK"``), ``fields`` (the field block, each line starting with CRLF, hop-by-hop
+fields removed), ``length`` (0 with a Content-Length, else -1), ``chunked`` and ``upgrade`` (the
+Upgrade value of a 101).
 
 When the exchange ends with the connection still usable it goes back to its backend's idle list
 (most recently used last); the sweep in :mod:`flynn.router.timeouts` closes the ones idle for
 too long.
+
+The class is an asyncio protocol without deriving from :class:`asyncio.Protocol` (asyncio only
+calls its methods), so that it compiles to a native class (see docs/router.md, "Compiled").
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from httptools import (
     HttpParserCallbackError,
@@ -25,12 +32,12 @@ from httptools import (
 
 if TYPE_CHECKING:
     from flynn.router.backends import Backend
-    from flynn.router.proxy import ProxyContext
+    from flynn.router.proxy import Exchange, ProxyContext
 
 Headers = list[tuple[bytes, bytes]]
 
 # hop-by-hop response fields (RFC 9110 7.6.1), as they start a line of a lower-cased head
-_HOP = (
+_HOP: Final = (
     b"\r\nconnection:",
     b"\r\nkeep-alive:",
     b"\r\nproxy-connection:",
@@ -38,9 +45,10 @@ _HOP = (
     b"\r\ntrailer:",
     b"\r\nte:",
 )
-_TE = b"\r\ntransfer-encoding:"
-_CL = b"\r\ncontent-length:"
-_UPGRADE = b"\r\nupgrade:"
+_TE: Final = b"\r\ntransfer-encoding:"
+_CL: Final = b"\r\ncontent-length:"
+_UPGRADE: Final = b"\r\nupgrade:"
+_CONNECTION: Final = b"\r\nconnection:"
 
 
 def _field_value(fields: bytes, lower: bytes, at: int, name_len: int) -> bytes:
@@ -71,65 +79,44 @@ def fields_to_pairs(fields: bytes) -> Headers:
     return out
 
 
-class Sink(Protocol):
-    """What an upstream connection reports to the exchange using it. The response head is read
-    from the connection: ``status_line`` (``b"HTTP/1.1 200 OK"``), ``fields`` (the field block,
-    each line starting with CRLF, hop-by-hop fields removed), ``length`` (Content-Length or -1),
-    ``chunked`` and ``upgrade`` (the Upgrade value of a 101)."""
-
-    def on_interim(self, status: int, conn: UpstreamConn) -> None: ...
-
-    def on_head(self, status: int, conn: UpstreamConn) -> None: ...
-
-    def on_body(self, data: bytes) -> None: ...
-
-    def on_end(self, conn: UpstreamConn) -> None: ...
-
-    def on_upgrade(self, status: int, conn: UpstreamConn, extra: bytes) -> None: ...
-
-    def upstream_failed(self, conn: UpstreamConn, reason: str) -> None: ...
-
-    def upstream_writable(self, writable: bool) -> None: ...
-
-    def flush(self) -> None: ...
-
-
 class _HeadResponse(Exception):
     """Raised from on_headers_complete to stop parsing a response to HEAD (it has no body)."""
 
 
-class UpstreamConn(asyncio.Protocol):
-    # per-response state (class defaults: an instance stores only what differs)
-    no_body = False  # the request was HEAD
-    keep_alive = True
-    head_done = False
-    interim = False
-    until_close = False  # the body ends with the connection
-    rbuf = b""  # bytes of the response head(s) not yet complete
-    rstart = 0
-    status_line = b""
-    fields = b""
-    length = -1  # 0 when the response has a Content-Length (its value is not needed), else -1
-    chunked = False
-    upgrade = b""
+class UpstreamConn:
+    """One connection to a backend (an asyncio protocol), carrying one exchange at a time."""
 
     def __init__(self, ctx: ProxyContext, backend: Backend) -> None:
         self.ctx = ctx
         self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
-        self.sink: Sink | None = None
+        self.sink: Exchange | None = None
         self.idle_since = 0.0
         self.uses = 0  # exchanges started on this connection
         self.closed = False
+        # per-response state
+        self.no_body = False  # the request was HEAD
+        self.keep_alive = True
+        self.head_done = False
+        self.interim = False
+        self.until_close = False  # the body ends with the connection
+        self.rbuf = b""  # bytes of the response head(s) not yet complete
+        self.rstart = 0
+        self.status_line = b""
+        self.fields = b""
+        self.length = -1  # 0 when the response has a Content-Length (its value is not needed), else -1
+        self.chunked = False
+        self.upgrade = b""
 
     def __repr__(self) -> str:
         return f"<UpstreamConn {self.backend.key} uses={self.uses} closed={self.closed}>"
 
     # --- used by exchanges ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        transport = self.transport
+        if not self.closed and transport is not None:
+            transport.write(data)
 
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool when possible, closed otherwise."""
@@ -141,7 +128,7 @@ class UpstreamConn(asyncio.Protocol):
             and not self.closed
             and not backend.draining
             and not backend.removed
-            and len(backend.idle) < self.ctx.config.upstream_max_idle
+            and len(backend.idle) < self.ctx.upstream_max_idle
         ):
             self.idle_since = self.ctx.clock.now
             backend.idle.append(self)
@@ -169,9 +156,9 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    # --- asyncio.Protocol ----------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+    # --- asyncio protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
         self.ctx.stats.upstream_connections += 1
         self.backend.conns.add(self)
 
@@ -201,7 +188,7 @@ class UpstreamConn(asyncio.Protocol):
         if self.sink is sink:
             sink.flush()
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -241,30 +228,30 @@ class UpstreamConn(asyncio.Protocol):
         line_end = buf.find(b"\r\n", start)
         fields = buf[line_end:end]
         lower = fields.lower()
-        at = lower.find(b"\r\nconnection:")
+        at = lower.find(_CONNECTION)
         if at >= 0:
             stop = lower.find(b"\r\n", at + 2)
             if stop < 0:
                 stop = len(lower)
             fields = fields[:at] + fields[stop:]
             lower = lower[:at] + lower[stop:]
-        self.length = 0 if _CL in lower else -1  # llhttp checked its value
+        # (bytes.find, not "in": CPython's bytes.__contains__ first fails to read an int)
+        self.length = 0 if lower.find(_CL) >= 0 else -1  # llhttp checked its value
         chunked = False
         if (
-            _TE in lower
-            or _UPGRADE in lower
-            or b"\r\nconnection:" in lower
-            or b"\r\nkeep-alive:" in lower
-            or b"\r\nproxy-" in lower
-            or b"\r\ntrailer:" in lower
-            or b"\r\nte:" in lower
+            # every other hop-by-hop name starts with one of these (a false hit costs a few finds)
+            lower.find(b"\r\nt") >= 0  # te, trailer, transfer-encoding
+            or lower.find(b"\r\nconnection:") >= 0  # a second Connection field
+            or lower.find(b"\r\nu") >= 0  # upgrade
+            or lower.find(b"\r\nk") >= 0  # keep-alive
+            or lower.find(b"\r\np") >= 0  # proxy-connection, proxy-authenticate
         ):
             fields, chunked = self._hop_fields(fields, lower)
         self.fields = fields
         self.chunked = chunked
         self.status_line = buf[start:line_end]
         parser = self.parser
-        status = parser.get_status_code()
+        status: int = parser.get_status_code()
         if status < 200 and status != 101:
             self.rstart = end + 4  # a final response follows, maybe in the same bytes
             self.interim = True
@@ -277,7 +264,7 @@ class UpstreamConn(asyncio.Protocol):
         if status == 101:
             self.interim = True  # its message end is not the exchange's end: a tunnel follows
             return  # the parser raises HttpParserUpgrade next
-        self.until_close = not chunked and self.length < 0 and not self.no_body and status not in {204, 304}
+        self.until_close = not chunked and self.length < 0 and not self.no_body and status not in (204, 304)
         sink.on_head(status, self)
         if self.no_body:
             raise _HeadResponse
@@ -294,7 +281,7 @@ class UpstreamConn(asyncio.Protocol):
             self.upgrade = _field_value(fields, lower, at, len(_UPGRADE))
             fields, lower = _cut(fields, lower, _UPGRADE)
         for name in _HOP:
-            if name in lower:
+            if lower.find(name) >= 0:
                 fields, lower = _cut(fields, lower, name)
         return fields, chunked
 
@@ -320,7 +307,7 @@ class UpstreamConn(asyncio.Protocol):
     def _upgraded(self, extra: bytes) -> None:
         self.interim = False
         sink = self.sink
-        status = self.parser.get_status_code()
+        status: int = self.parser.get_status_code()
         if sink is None:
             self.close()
         elif status != 101:
@@ -360,9 +347,8 @@ def take_idle(backend: Backend, now: float, fresh_within: float | None) -> Upstr
 
 
 async def connect(ctx: ProxyContext, backend: Backend) -> UpstreamConn:
-    loop = ctx.loop
+    conn = UpstreamConn(ctx, backend)
+    factory: Any = lambda: conn  # noqa: E731 - asyncio wants a factory; the protocol is made here
     async with asyncio.timeout(ctx.config.connect_timeout):
-        _transport, conn = await loop.create_connection(
-            lambda: UpstreamConn(ctx, backend), backend.host, backend.port
-        )
+        await ctx.loop.create_connection(factory, backend.host, backend.port)
     return conn
