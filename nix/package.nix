@@ -15,6 +15,9 @@ python3Packages.buildPythonApplication {
   pyproject = true;
   inherit src;
 
+  # Without mypy here setup.py compiles nothing: the router's data plane runs interpreted (the
+  # same modules; docs/router.md, "Compiled data plane"). Adding python3Packages.mypy compiles
+  # it, as the Debian image does; not done while no Nix build can be tested on our machines.
   build-system = [
     python3Packages.setuptools
     python3Packages.wheel

@@ -6,7 +6,9 @@ One backend, four ways to reach it, in one run, all on 127.0.0.1:
   that costs a few microseconds per request keeps the proxy's own cost in the foreground; a
   Python backend would cost as much as the proxy and hide the differences.
 * direct: the client talks to the backend itself (its own TLS listener for the TLS rows);
-* flynn-router (one worker), HAProxy (nbthread 1) and nginx (one worker process) in front,
+* flynn-router (one worker; its data plane compiled with mypyc when built, see docs/router.md)
+  and flynn-router-py (the same, FLYNN_ROUTER_PURE=1: interpreted), HAProxy (nbthread 1) and
+  nginx (one worker process) in front,
   configured for the same work: keep-alive to the backend with a pool, X-Forwarded-For/Proto/Port
   and a request id added to every request, TLS 1.2+ with ALPN h2/http1.1 on the TLS port.
 
@@ -53,6 +55,7 @@ SERVER_CPU = "1"
 PORTS = {
     "direct": (18100, 18101),
     "flynn-router": (18110, 18111),
+    "flynn-router-py": (18140, 18141),  # the same router with FLYNN_ROUTER_PURE=1: interpreted
     "haproxy": (18120, 18121),
     "nginx": (18130, 18131),
 }
@@ -298,17 +301,60 @@ def run_h2load(port: int, duration: int, tmp: Path) -> tuple[float, float, int]:
     return rps, p99, len(times)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    ap.add_argument("--only", default="", help="comma-separated targets (direct,flynn-router,haproxy,nginx)")
-    args = ap.parse_args()
+def start_router(procs: Procs, name: str, pure: str, tmp: Path, cert: Path, key: Path) -> None:
+    """flynn-router on the ports of *name*; FLYNN_ROUTER_PURE=*pure* (1: interpreted)."""
+    impl = subprocess.run(
+        [
+            str(PY),
+            "-W",
+            "ignore",
+            "-c",
+            "import flynn.router._native as n; print(n.state, '-', n.reason)",
+        ],
+        env={**os.environ, "FLYNN_ROUTER_PURE": pure, "PYTHONPATH": str(REPO / "services")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(f"bench: {name}: data plane {impl}", file=sys.stderr)
+    plain, tls = PORTS[name]
+    procs.start(
+        name,
+        [str(PY), "-m", "flynn.router", "--workers", "1", "--routes", str(router_routes(tmp))],
+        env={
+            "ROUTER_LISTEN_IP": "127.0.0.1",
+            "ROUTER_HTTP_PORTS": str(plain),
+            "ROUTER_HTTPS_PORTS": str(tls),
+            "TLSCERT": str(cert),
+            "TLSKEY": str(key),
+            "ROUTER_STATUS_PORT": "0",  # its status API on any free port: nothing else collides
+            "FLYNN_LOG_LEVEL": "WARNING",
+            "FLYNN_ROUTER_PURE": pure,
+            "PYTHONPATH": str(REPO / "services"),
+        },
+        log=tmp / f"{name}.log",
+    )
+
+
+def check_machine() -> None:
     for tool in ("wrk", "h2load", "haproxy", "nginx", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench: {tool} is missing (bench/router/run installs it)")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench: needs 2 CPUs (client on one, servers on the other)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated targets (direct,flynn-router,flynn-router-py,haproxy,nginx)",
+    )
+    args = ap.parse_args()
+    check_machine()
     targets = [t for t in PORTS if not args.only or t in args.only.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="flynn-router-bench-"))
     cert, key, both = make_cert(tmp)
@@ -320,22 +366,8 @@ def main() -> int:
         procs.start("direct", ["nginx", "-c", str(tmp / "backend.conf"), "-p", str(tmp)])
         procs.start("nginx", ["nginx", "-c", str(tmp / "nginx-proxy.conf"), "-p", str(tmp)])
         procs.start("haproxy", ["haproxy", "-f", str(tmp / "haproxy.cfg"), "-db"], log=tmp / "haproxy.log")
-        plain, tls = PORTS["flynn-router"]
-        procs.start(
-            "flynn-router",
-            [str(PY), "-m", "flynn.router", "--workers", "1", "--routes", str(router_routes(tmp))],
-            env={
-                "ROUTER_LISTEN_IP": "127.0.0.1",
-                "ROUTER_HTTP_PORTS": str(plain),
-                "ROUTER_HTTPS_PORTS": str(tls),
-                "TLSCERT": str(cert),
-                "TLSKEY": str(key),
-                "ROUTER_STATUS_PORT": "0",  # its status API on any free port: nothing else collides
-                "FLYNN_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(REPO / "services"),
-            },
-            log=tmp / "router.log",
-        )
+        for name, pure in (("flynn-router", "0"), ("flynn-router-py", "1")):
+            start_router(procs, name, pure, tmp, cert, key)
         for ports in PORTS.values():
             for port in ports:
                 wait_port(port)

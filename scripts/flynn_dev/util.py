@@ -62,6 +62,11 @@ def run(
     return proc
 
 
+# directories of generated files, never inputs: bytecode, mypy's cache, the router's in-place
+# mypyc build (setup.py build_ext --inplace)
+BUILD_OUTPUTS = frozenset({"__pycache__", ".mypy_cache", "_mypyc"})
+
+
 def tree_hash(paths: Iterable[Path], *, extra: Iterable[str] = ()) -> str:
     """Content hash of files and directory trees (names + bytes), ignoring caches and bytecode."""
     digest = hashlib.sha256()
@@ -70,7 +75,7 @@ def tree_hash(paths: Iterable[Path], *, extra: Iterable[str] = ()) -> str:
     for root in sorted(paths):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            if "__pycache__" in f.parts or f.suffix in {".pyc", ".pyo"} or ".mypy_cache" in f.parts:
+            if BUILD_OUTPUTS.intersection(f.parts) or f.suffix in {".pyc", ".pyo"}:
                 continue
             digest.update(str(f.relative_to(REPO)).encode() + b"\0")
             digest.update(f.read_bytes())
