@@ -273,6 +273,8 @@ def test_every_router_reports_its_status(ips: list[str]) -> None:
         assert status["registered"] is True
         assert status["addr"] == ip
         assert "controller" in status["services"]
+        # the image ships the data plane compiled (docs/router.md): the hosts must run that build
+        assert status["implementation"]["data_plane"] == "compiled", status["implementation"]
 
 
 def _ok(result: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]] | None:

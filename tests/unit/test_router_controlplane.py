@@ -465,6 +465,7 @@ def worker_status(pid: int, requests: int, *, synced: bool = True, inflight: int
         "routes": {"http": 2, "tcp": 1},
         "services": {"a-web": {"backends": ["10.0.0.1:1"], "ready": ["10.0.0.1:1"], "inflight": inflight}},
         "listeners": {"http": [80], "https": [443], "tcp": [3000]},
+        "implementation": {"data_plane": "compiled", "reason": "mypyc build in /x"},
         "control_plane": {"synced": synced, "controllers": ["http://c"], "routes": {"last_event_id": 7}},
     }
 
@@ -481,6 +482,7 @@ def test_status_sums_the_workers() -> None:
     assert body["services"]["a-web"]["inflight"] == 3
     assert body["control_plane"]["synced"] is True
     assert [w["last_event_id"] for w in body["control_plane"]["workers"]] == [7, 7]
+    assert body["implementation"]["data_plane"] == "compiled"
     code, body = combine([worker_status(1, 1), None])
     assert (code, body["status"], body["workers"]["answered"]) == (503, "degraded", 1)
     code, body = combine([worker_status(1, 1), worker_status(2, 1, synced=False)])
