@@ -19,6 +19,7 @@ import json
 import os
 import re
 import select
+import shutil
 import socket
 import ssl
 import subprocess
@@ -256,6 +257,60 @@ def test_cluster_add_by_domain_reaches_the_controller_through_the_router(
     out = other("cluster", "add", "-p", "A" * 43 + "=", "default", domain, creds["key"])
     assert out.returncode == 1
     assert "did not match the provided pin" in out.stderr
+
+
+def test_git_push_over_https_through_the_routers_trusts_the_cluster_ca(
+    flynn: Flynn, workdir: Path, creds: dict[str, Any], ips: list[str], domain: str
+) -> None:
+    """Seed/issue 5: gitreceive served at https://git.DOMAIN by the routers. ``cluster add -p``
+    fetched the cluster CA over the pinned connection; ``flynn create`` makes git trust it."""
+    ca_file = workdir / ".flynn" / "ca-certs" / "default.pem"
+    assert ca_file.read_text().strip() == creds["ca_cert"].strip()
+    repo = workdir / "https-push"
+    shutil.copytree(REPO / "tests/apps/static-site", repo)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(workdir / "home"),
+        "FLYNNRC": str(flynn.rc),
+        "FLYNN_RESOLVE": flynn.resolve,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            list(argv), cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert creds["key"] not in out.stdout + out.stderr, "the cluster key was printed"
+        return out
+
+    assert run("git", "init", "-q", "-b", "main").returncode == 0
+    assert run("git", "add", "-A").returncode == 0
+    assert run("git", "commit", "-q", "-m", "v1").returncode == 0
+    out = run(FLYNN, "create", "httpsgit")
+    assert out.returncode == 0, out.stderr
+    assert f"Added git remote flynn (https://git.{domain}/httpsgit.git)" in out.stdout
+    got = run("git", "config", "--get", f"http.https://git.{domain}/.sslCAInfo")
+    assert got.stdout.strip() == str(ca_file)
+    # git's own name resolution: the machine has no DNS for the cluster domain
+    push = run("git", "-c", f"http.curloptResolve=git.{domain}:443:{ips[1]}", "push", "flynn", "main")
+    assert push.returncode == 0, push.stdout + push.stderr
+    _code, body = wait_for(
+        "the pushed app to answer",
+        lambda: (r := get(ips[2], f"httpsgit.{domain}"))[0] == 200 and r,
+        120,
+    )
+    assert "<html" in str(body).lower()
+    # without the CA git refuses the routers' certificate: the trust comes from the cluster CA only
+    run("git", "config", "--unset", f"http.https://git.{domain}/.sslCAInfo")
+    refused = run("git", "-c", f"http.curloptResolve=git.{domain}:443:{ips[1]}", "push", "flynn", "main")
+    assert refused.returncode != 0
+    assert "certificate" in refused.stderr.lower(), refused.stderr
 
 
 def test_every_router_reports_its_status(ips: list[str]) -> None:

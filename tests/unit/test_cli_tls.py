@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from flynn.cli import git
 from flynn.controller.client import PIN_MISMATCH, cert_pin
-from tests.unit.test_controller_client import KEY, Recorder, ThreadServer, make_app, self_signed
+from tests.unit.test_controller_client import FAKE_CA, KEY, Recorder, ThreadServer, make_app, self_signed
 
 FLYNN = Path(sys.executable).with_name("flynn")
 
@@ -90,3 +91,36 @@ def test_pin_with_plain_http_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.strip() == "flynn: cluster 'test': a TLS pin needs an https:// controller URL"
     assert not rc.exists()
+
+
+def test_a_pinned_cluster_with_https_git_keeps_its_ca_for_git(
+    tmp_path: Path, tls: TLS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, pin, rec = tls
+    rc = tmp_path / "rc"
+    git_url = "https://git.example.com"
+    out = flynn(rc, "cluster", "add", "-p", pin, "--git-url", git_url, "test", server.url, KEY)
+    assert out.returncode == 0, out.stderr
+    ca_file = tmp_path / ".flynn" / "ca-certs" / "test.pem"
+    assert ca_file.read_text() == FAKE_CA  # fetched over the pinned connection
+    assert str(ca_file) in out.stdout
+    assert ("GET", "/ca-cert") in [(m, p) for m, p, _ in rec.requests]
+    # what 'flynn create' does in a repository: git trusts that CA for the cluster's git URL only
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    git.set_ca_info(git_url, str(ca_file))
+    got = subprocess.run(
+        ["git", "config", "--get", f"http.{git_url}/.sslCAInfo"], capture_output=True, text=True, check=True
+    )
+    assert got.stdout.strip() == str(ca_file)
+    # a cluster added again without a pin (or plain-HTTP git) keeps no stale CA; remove drops it
+    out = flynn(rc, "cluster", "add", "-f", "-p", pin, "test", server.url, KEY)
+    assert out.returncode == 0, out.stderr
+    assert not ca_file.exists()
+    out = flynn(rc, "cluster", "add", "-f", "-p", pin, "--git-url", git_url, "test", server.url, KEY)
+    assert ca_file.exists()
+    out = flynn(rc, "cluster", "remove", "test")
+    assert out.returncode == 0, out.stderr
+    assert not ca_file.exists()

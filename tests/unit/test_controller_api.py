@@ -15,7 +15,7 @@ from flynn.common.errors import APIError
 from flynn.common.http import Client
 
 if TYPE_CHECKING:
-    from tests.unit.controller_fixtures import ControllerHandle
+    from tests.unit.controller_fixtures import ControllerHandle, Controllers
 
 pytest_plugins = ("tests.unit.controller_fixtures",)
 
@@ -608,3 +608,38 @@ def test_auth_is_required(controller: ControllerHandle) -> None:
     assert raw(controller, "GET", "/apps", Authorization="Basic " + "dXNlcjo=")[0] == 401  # "user:" empty key
     status, _, _ = raw(controller, "GET", "/apps", Authorization=basic(controller.key))
     assert status == 200
+
+
+def _ca_pem() -> str:
+    from flynn.host.bootstrap import make_certificates
+
+    return make_certificates("ca.example.test", ["10.0.0.1"])[0]
+
+
+def test_ca_cert_is_served_without_a_key(controllers: Controllers) -> None:
+    pem = _ca_pem()
+    handle = controllers.start(ca_cert=pem)
+    conn = http.client.HTTPConnection("127.0.0.1", int(handle.url.rsplit(":", 1)[1]), timeout=10)
+    conn.request("GET", "/ca-cert")  # no Authorization header: the CA is public
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Type", "").startswith("application/x-pem-file")
+    assert resp.read().decode() == pem
+
+
+def test_ca_cert_missing_is_a_json_404(controller: ControllerHandle) -> None:
+    e = err(Client(controller.url).get, "/ca-cert")
+    assert e.status == 404
+    assert "CA_CERT" in e.message
+
+
+def test_config_ca_cert() -> None:
+    from flynn.common.errors import ConfigError
+    from flynn.controller.config import ControllerConfig
+
+    base = {"DATABASE_URL": "postgresql://u:p@h/db", "AUTH_KEY": "k"}
+    assert ControllerConfig.from_env(base).ca_cert is None
+    pem = _ca_pem()
+    assert ControllerConfig.from_env({**base, "CA_CERT": pem.strip()}).ca_cert == pem
+    with pytest.raises(ConfigError, match="CA_CERT is not a PEM certificate"):
+        ControllerConfig.from_env({**base, "CA_CERT": "-----BEGIN CERTIFICATE-----\nnope\n"})

@@ -39,6 +39,7 @@ from flynn.controller.client import (
 )
 
 KEY = "s3cret-controller-key-0123456789"
+FAKE_CA = "-----BEGIN CERTIFICATE-----\nMIIB (a stand-in)\n-----END CERTIFICATE-----\n"
 
 
 def _basic(key: str) -> str:
@@ -67,6 +68,10 @@ def make_app(rec: Recorder) -> web.Application:
     async def app(request: web.Request) -> web.Response:
         await record(request)
         return web.json_response({"error": "app not found", "code": 404}, status=404)
+
+    async def ca_cert(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(text=FAKE_CA, content_type="application/x-pem-file")
 
     async def events(request: web.Request) -> web.StreamResponse:
         await record(request)
@@ -116,6 +121,7 @@ def make_app(rec: Recorder) -> web.Application:
     web_app.router.add_get("/apps", apps)
     web_app.router.add_get("/apps/{app}", app)
     web_app.router.add_get("/events", events)
+    web_app.router.add_get("/ca-cert", ca_cert)
     web_app.router.add_get("/apps/{app}/jobs/{job}/attach", attach)
     return web_app
 

@@ -11,6 +11,7 @@ from flynn.cli import git
 from flynn.cli.context import app_and_client, app_options, fail, state
 from flynn.cli.gitcreds import helper_command
 from flynn.cli.output import print_json, table
+from flynn.cli.rcfile import ca_cert_path
 
 
 def _confirm_replace_remote(remote: str, yes: bool) -> None:
@@ -40,6 +41,9 @@ def create(name: str | None, remote: str, yes: bool) -> None:
     if repo and cluster.git_url:
         git.set_remote(remote, git.app_url(cluster.git_url, app["name"]))
         git.set_credential_helper(cluster.git_url, helper_command())  # flynn git-credentials
+        ca_file = ca_cert_path(st.rc.path, cluster.name)
+        if cluster.git_url.startswith("https://") and ca_file.is_file():
+            git.set_ca_info(cluster.git_url, str(ca_file))  # the routers' certificate is the cluster's
         click.echo(f"Added git remote {remote} ({git.app_url(cluster.git_url, app['name'])})")
 
 

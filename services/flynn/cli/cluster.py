@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
 from flynn.cli.context import fail, make_client, state
 from flynn.cli.output import table
-from flynn.cli.rcfile import Cluster
+from flynn.cli.rcfile import Cluster, ca_cert_path
 from flynn.common.errors import APIError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -107,6 +109,7 @@ def add(
         if exc.status == 401:
             fail(f"the controller at {controller_url} rejected the key (nothing was saved)")
         fail(f"{exc.message} (nothing was saved)")
+    ca_pem = _fetch_ca(client, new) if pin else None
     old = rc.get(name)
     if old is not None:
         new.extra = dict(old.extra)
@@ -114,7 +117,43 @@ def add(
     if make_default or not rc.default or rc.get(rc.default) is None:
         rc.default = name
     rc.save()
+    _keep_ca(ca_cert_path(rc.path, name), ca_pem)
     click.echo(f"Cluster {name!r} added" + (" and set as default." if rc.default == name else "."))
+    if ca_pem is not None:
+        click.echo(
+            f"Its CA is in {ca_cert_path(rc.path, name)};"
+            f" 'flynn create' makes git trust it for {new.git_url}."
+        )
+
+
+def _fetch_ca(client: Any, cluster: Cluster) -> str | None:
+    """The cluster CA, fetched over the pinned connection (so it is the cluster's own), when git
+    goes over HTTPS; None when git does not need it or the controller has none."""
+    if not cluster.git_url.startswith("https://"):
+        return None
+    try:
+        pem = str(client.ca_cert())
+    except APIError as exc:
+        if exc.status == 404:
+            return None
+        fail(f"cannot fetch the cluster CA: {exc.message} (nothing was saved)")
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        fail("the controller's /ca-cert is not a PEM certificate (nothing was saved)")
+    return pem
+
+
+def _keep_ca(path: Path, pem: str | None) -> None:
+    """Write the cluster's CA file, or remove it (a replaced cluster's CA must not linger)."""
+    if pem is None:
+        path.unlink(missing_ok=True)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(pem)
+        tmp.replace(path)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @cluster.command("default")
@@ -144,6 +183,7 @@ def remove(name: str) -> None:
         fail(f"unknown cluster {name!r} (see 'flynn cluster')")
     rc.remove(name)
     rc.save()
+    ca_cert_path(rc.path, name).unlink(missing_ok=True)
     click.echo(f"Cluster {name!r} removed.")
 
 

@@ -49,6 +49,15 @@ def set_credential_helper(git_url: str, helper: str) -> None:
         raise GitError(f"git config {key}: {_last_line(res.stderr)}")
 
 
+def set_ca_info(git_url: str, ca_file: str) -> None:
+    """``http.GITURL/.sslCAInfo`` in the current repository: git trusts the cluster CA for that
+    URL only (the routers' certificate is signed by it, not by a public CA)."""
+    key = f"http.{git_url.rstrip('/')}/.sslCAInfo"
+    res = _git("config", "--replace-all", key, ca_file)
+    if res.returncode != 0:
+        raise GitError(f"git config {key}: {_last_line(res.stderr)}")
+
+
 def remove_remote(name: str) -> None:
     res = _git("remote", "remove", name)
     if res.returncode != 0:

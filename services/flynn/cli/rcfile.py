@@ -50,6 +50,12 @@ def default_path() -> Path:
     return Path.home() / ".flynnrc"
 
 
+def ca_cert_path(rc_path: Path, cluster: str) -> Path:
+    """Where the CA of ``cluster`` is kept: ``~/.flynn/ca-certs/NAME.pem`` as in Flynn (beside
+    the rc file when ``$FLYNNRC`` points elsewhere)."""
+    return rc_path.parent / ".flynn" / "ca-certs" / f"{cluster}.pem"
+
+
 @dataclass
 class Cluster:
     name: str

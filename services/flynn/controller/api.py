@@ -62,8 +62,10 @@ class API:
         keepalive: float = 15.0,
         wake_deployer: Any = None,
         cluster_domain: str | None = None,
+        ca_cert: str | None = None,
     ) -> None:
         self.db = db
+        self.ca_cert = ca_cert
         self.cluster_domain = cluster_domain  # set: every new (non-system) app gets APP.DOMAIN
         self.hub = hub
         self.keys = keys
@@ -81,6 +83,7 @@ class API:
         r = app.router
         r.add_get("/status", self.status)
         r.add_get("/openapi.json", self.openapi)
+        r.add_get("/ca-cert", self.get_ca_cert)
         r.add_post("/apps", self.create_app)
         r.add_get("/apps", self.list_apps)
         r.add_get("/apps/{app}", self.get_app)
@@ -130,6 +133,13 @@ class API:
         body = {"status": "healthy" if ok else "unhealthy", "database": "ok" if ok else "unavailable"}
         body["version"] = self.version
         return _json(body, 200 if ok else 503)
+
+    async def get_ca_cert(self, request: web.Request) -> web.Response:
+        """The cluster CA (public, as in Flynn): what git and browsers need to trust the routers'
+        certificate. A client fetches it over a pinned connection (``flynn cluster add -p``)."""
+        if self.ca_cert is None:
+            raise NotFound("this cluster has no CA certificate configured (CA_CERT)")
+        return web.Response(text=self.ca_cert, content_type="application/x-pem-file")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(self._document)

@@ -26,7 +26,7 @@ from flynn.controller.db import Database
 log = logging.getLogger(__name__)
 
 CONTROLLER_APP = "controller"
-PUBLIC_PATHS = frozenset({"/status", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/status", "/openapi.json", "/ca-cert"})
 REALM = 'Basic realm="flynn"'
 
 

@@ -437,6 +437,10 @@ class Client(HTTPClient):
     def openapi(self) -> dict[str, Any]:
         return cast(dict[str, Any], self.get("/openapi.json"))
 
+    def ca_cert(self) -> str:
+        """The cluster CA (PEM); trust it only as far as this connection is trusted (pinned)."""
+        return str(self.request("GET", "/ca-cert", expect_json=False))
+
     # -- apps ------------------------------------------------------------------------------------
 
     def list_apps(self) -> list[App]:

@@ -41,6 +41,21 @@ def database_password(url: str) -> str | None:
     return str(password) if password else None
 
 
+def parse_ca_cert(raw: str) -> str | None:
+    """CA_CERT: one PEM certificate (the cluster CA that signed the routers' certificate), or
+    empty."""
+    from cryptography import x509
+
+    pem = raw.strip()
+    if not pem:
+        return None
+    try:
+        x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        raise ConfigError("CA_CERT is not a PEM certificate") from None
+    return pem + "\n"
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     database_url: str
@@ -54,6 +69,7 @@ class ControllerConfig:
     db_timeout: float = 5.0
     keepalive: float = 15.0  # seconds between SSE keepalive comments
     claim_timeout: float = 30.0  # a deployment claimed longer ago than this is taken over
+    ca_cert: str | None = None  # the cluster CA (PEM), served unauthenticated at GET /ca-cert
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ControllerConfig:
@@ -80,4 +96,5 @@ class ControllerConfig:
             discoverd_urls=[u.strip().rstrip("/") for u in src.get("DISCOVERD", "").split(",") if u.strip()]
             or default_urls(),
             pool_size=env_int("CONTROLLER_DB_POOL_SIZE", 10, minimum=1, maximum=100, env=src),
+            ca_cert=parse_ca_cert(src.get("CA_CERT", "")),
         )

@@ -409,6 +409,7 @@ def _op(
 
 def paths() -> J:
     public: J = {"security": []}
+    pem: J = {"type": "string"}
     return {
         "/status": {
             "get": _op(
@@ -418,6 +419,16 @@ def paths() -> J:
             )
         },
         "/openapi.json": {"get": _op("this document", _ok({"type": "object"}), **public)},
+        "/ca-cert": {
+            "get": _op(
+                "the cluster CA certificate (PEM), for git and browsers to trust the routers",
+                {
+                    "200": {"description": "OK", "content": {"application/x-pem-file": {"schema": pem}}},
+                    **_errors(404),
+                },
+                **public,
+            )
+        },
         "/apps": {
             "get": _op("every app, oldest first", {**_ok(_list("App")), **_errors(401, 503)}),
             "post": _op("create an app", {**_ok(ref("App"), 201), **_errors(*WRITE, 409)}, body="AppCreate"),

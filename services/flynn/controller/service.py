@@ -86,6 +86,7 @@ class Controller:
             keepalive=self.cfg.keepalive,
             wake_deployer=self.deployer.wake,
             cluster_domain=self.cfg.cluster_domain,
+            ca_cert=self.cfg.ca_cert,
         )
         self.runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=2)
         await self.runner.setup()

@@ -307,6 +307,7 @@ class Bootstrap:
                 "CLUSTER_DOMAIN": self.opts.domain,
                 "CONTROLLER_PORT": str(CONTROLLER_PORT),
                 "CONTROLLER_ADDR": ip,
+                "CA_CERT": s.ca_cert,  # public: GET /ca-cert, for git and browsers
             }
             await self._configure("controller", ip, env)
 
