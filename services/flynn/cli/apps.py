@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from urllib.parse import urlsplit
 
@@ -44,6 +45,12 @@ def create(name: str | None, remote: str, yes: bool) -> None:
         ca_file = ca_cert_path(st.rc.path, cluster.name)
         if cluster.git_url.startswith("https://") and ca_file.is_file():
             git.set_ca_info(cluster.git_url, str(ca_file))  # the routers' certificate is the cluster's
+            if os.environ.get("GIT_SSL_CAINFO"):
+                click.echo(
+                    "warning: GIT_SSL_CAINFO is set and overrides the cluster CA for git: unset it for"
+                    f" git push (or trust {ca_file} there)",
+                    err=True,
+                )
         click.echo(f"Added git remote {remote} ({git.app_url(cluster.git_url, app['name'])})")
 
 
