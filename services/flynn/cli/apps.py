@@ -43,15 +43,16 @@ def create(name: str | None, remote: str, yes: bool) -> None:
         git.set_remote(remote, git.app_url(cluster.git_url, app["name"]))
         git.set_credential_helper(cluster.git_url, helper_command())  # flynn git-credentials
         ca_file = ca_cert_path(st.rc.path, cluster.name)
-        if cluster.git_url.startswith("https://") and ca_file.is_file():
+        trust_ca = cluster.git_url.startswith("https://") and ca_file.is_file()
+        if trust_ca:
             git.set_ca_info(cluster.git_url, str(ca_file))  # the routers' certificate is the cluster's
-            if os.environ.get("GIT_SSL_CAINFO"):
-                click.echo(
-                    "warning: GIT_SSL_CAINFO is set and overrides the cluster CA for git: unset it for"
-                    f" git push (or trust {ca_file} there)",
-                    err=True,
-                )
         click.echo(f"Added git remote {remote} ({git.app_url(cluster.git_url, app['name'])})")
+        if trust_ca and os.environ.get("GIT_SSL_CAINFO"):
+            click.echo(
+                "warning: GIT_SSL_CAINFO is set and overrides the cluster CA for git: unset it for"
+                f" git push (or trust {ca_file} there)",
+                err=True,
+            )
 
 
 @click.command()
