@@ -24,6 +24,7 @@ from flynn.common import sdnotify
 from flynn.common.daemon import run_daemon
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import register_secret, setup_logging
+from flynn.common.web import serve_app
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
 
@@ -74,17 +75,7 @@ class Announcer:
 
 
 async def start_http(cfg: BlobstoreConfig, backend: Backend) -> web.AppRunner | None:
-    runner = web.AppRunner(
-        make_app(backend, max_bytes=cfg.max_bytes), access_log=None, handle_signals=False, shutdown_timeout=10
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.listen_ip, cfg.port, reuse_address=True).start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", cfg.listen_ip, cfg.port, exc.strerror or exc)
-        await runner.cleanup()
-        return None
-    return runner
+    return await serve_app(make_app(backend, max_bytes=cfg.max_bytes), cfg.listen_ip, cfg.port)
 
 
 async def serve(cfg: BlobstoreConfig) -> int:

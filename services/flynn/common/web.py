@@ -2,7 +2,7 @@
 
 :func:`error_middleware` turns every error into ``{"error": "...", "code": N}`` JSON, so bad input
 always gets a 4xx with a one-line message and never an HTML page or a traceback. :func:`read_json`
-parses and size-checks request bodies.
+parses and size-checks request bodies. :func:`serve_app` binds an application to its address.
 """
 
 from __future__ import annotations
@@ -62,3 +62,30 @@ async def read_json(request: web.Request, *, max_bytes: int = MAX_JSON_BODY) -> 
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise web.HTTPBadRequest(text=f"malformed JSON: {exc}") from None
+
+
+async def serve_app(
+    app: web.Application,
+    ip: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 10,
+    handler_cancellation: bool = False,
+) -> web.AppRunner | None:
+    """Serve *app* on ``ip:port`` (no access log: services log what matters themselves). None,
+    with the reason logged, when the address cannot be bound: the caller exits non-zero."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=handler_cancellation,
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, ip, port, reuse_address=True).start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", ip, port, exc.strerror or exc)
+        await runner.cleanup()
+        return None
+    return runner

@@ -27,6 +27,7 @@ from flynn.common import sdnotify
 from flynn.common.daemon import run_daemon
 from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
+from flynn.common.web import serve_app
 from flynn.controller.client import AsyncClient
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
@@ -126,21 +127,8 @@ def make_context(
 
 
 async def start_http(cfg: GitreceiveConfig, ctx: Context) -> web.AppRunner | None:
-    runner = web.AppRunner(
-        make_app(ctx),
-        access_log=None,
-        handle_signals=False,
-        handler_cancellation=True,  # the pusher went away: stop the build (backend.serve)
-        shutdown_timeout=10,
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.listen_ip, cfg.port, reuse_address=True).start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", cfg.listen_ip, cfg.port, exc.strerror or exc)
-        await runner.cleanup()
-        return None
-    return runner
+    # handler_cancellation: the pusher went away, so the build stops (backend.serve)
+    return await serve_app(make_app(ctx), cfg.listen_ip, cfg.port, handler_cancellation=True)
 
 
 async def serve(cfg: GitreceiveConfig) -> int:

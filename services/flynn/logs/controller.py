@@ -15,13 +15,12 @@ import aiohttp
 
 from flynn.common.errors import APIError
 from flynn.controller.client import AsyncClient
+from flynn.controller.locate import follow_controllers
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.host.client import host_url
 from flynn.logs.sinks import BadSink, SinkConfig
 
 log = logging.getLogger(__name__)
 
-CONTROLLER_SERVICE = "controller"
 OnSinks = Callable[[list[SinkConfig]], Awaitable[None]]
 
 
@@ -76,28 +75,11 @@ class SinkSource:
         self.loaded.set()
 
     async def _controllers(self) -> None:
-        while True:
-            addrs: dict[str, str] = {}
-            try:
-                async for event in self.discoverd.watch(CONTROLLER_SERVICE):
-                    inst = event.instance
-                    if (
-                        event.kind in ("up", "update")
-                        and inst is not None
-                        and isinstance(inst.get("addr"), str)
-                    ):
-                        addrs[str(inst["id"])] = str(inst["addr"])
-                    elif event.kind == "down" and inst is not None:
-                        addrs.pop(str(inst["id"]), None)
-                    elif event.kind != "current":
-                        continue
-                    if addrs:
-                        urls = [host_url(a) for a in sorted(addrs.values())]
-                        if self.client is None:
-                            self.client = AsyncClient(urls, self.key, session=self.session, retry_for=5)
-                        else:
-                            self.client.set_urls(urls)
-                        self.known.set()
-            except APIError as exc:
-                log.warning("discoverd watch of %s failed (%s); retrying", CONTROLLER_SERVICE, exc)
-            await asyncio.sleep(1.0)
+        await follow_controllers(self.discoverd, self._set_urls)
+
+    def _set_urls(self, urls: list[str]) -> None:
+        if self.client is None:
+            self.client = AsyncClient(urls, self.key, session=self.session, retry_for=5)
+        else:
+            self.client.set_urls(urls)
+        self.known.set()

@@ -23,6 +23,7 @@ import aiohttp
 from flynn.common.errors import APIError
 from flynn.common.log import register_secret
 from flynn.controller.client import AsyncClient
+from flynn.controller.locate import follow_controllers
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.router.backendwatch import BackendWatches
 from flynn.router.routes import RouteTable
@@ -32,12 +33,7 @@ from flynn.router.tls import CertStore
 
 log = logging.getLogger(__name__)
 
-CONTROLLER_SERVICE = "controller"
 REFUSED_FOR = 60.0  # seconds a refused key is not taken up again from the router app's release
-
-
-def _url(addr: str) -> str:
-    return addr.rstrip("/") if "://" in addr else f"http://{addr}"
 
 
 class ControllerFinder:
@@ -112,33 +108,7 @@ class ControllerFinder:
         return self._client
 
     async def follow(self, discoverd: DiscoverdClient, *, retry_after: float = 1.0) -> None:
-        while True:
-            try:
-                await self._follow(discoverd)
-            except APIError as exc:
-                log.warning("discoverd watch of %s failed (%s); retrying", CONTROLLER_SERVICE, exc.message)
-            await asyncio.sleep(retry_after)
-
-    async def _follow(self, discoverd: DiscoverdClient) -> None:
-        addrs: dict[str, str] = {}
-        current = False  # the snapshot is complete: act on the whole set, not instance by instance
-        async for event in discoverd.watch(CONTROLLER_SERVICE):
-            inst = event.instance
-            if event.kind in ("up", "update") and inst is not None and isinstance(inst.get("addr"), str):
-                addrs[str(inst["id"])] = str(inst["addr"])
-            elif event.kind == "down" and inst is not None:
-                addrs.pop(str(inst["id"]), None)
-            elif event.kind == "current":
-                current = True
-            else:
-                continue
-            if current and addrs:
-                local = self._local_ip
-                ordered = sorted(addrs.values(), key=lambda a: (a.rsplit(":", 1)[0] != local, a))
-                urls = [_url(a) for a in ordered]
-                if urls != self.urls:
-                    log.info("controllers: %s", ", ".join(urls))
-                self._set_urls(urls)
+        await follow_controllers(discoverd, self._set_urls, local_ip=self._local_ip, retry_after=retry_after)
 
 
 class ControlPlane:

@@ -18,6 +18,7 @@ import aiohttp
 
 from flynn.common.errors import APIError
 from flynn.controller.client import AsyncClient, JobUpdate
+from flynn.controller.locate import follow_controllers
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.scheduler.aio import wait_event
 from flynn.scheduler.cluster import SignalEvent
@@ -27,12 +28,7 @@ from flynn.scheduler.state import JobReport
 
 log = logging.getLogger(__name__)
 
-CONTROLLER_SERVICE = "controller"
 EVENT_TYPES = ("formation", "app_deletion")
-
-
-def _url(addr: str) -> str:
-    return addr.rstrip("/") if "://" in addr else f"http://{addr}"
 
 
 class ControllerAPI:
@@ -69,30 +65,7 @@ class ControllerAPI:
 
     async def follow_discoverd(self, discoverd: DiscoverdClient, *, retry_after: float = 2.0) -> None:
         """Keep the controller URLs current from discoverd (run as a task for the daemon's life)."""
-        while True:
-            try:
-                await self._follow(discoverd)
-            except APIError as exc:
-                log.warning("discoverd watch of %s failed (%s); retrying", CONTROLLER_SERVICE, exc)
-            await asyncio.sleep(retry_after)
-
-    async def _follow(self, discoverd: DiscoverdClient) -> None:
-        addrs: dict[str, str] = {}
-        async for event in discoverd.watch(CONTROLLER_SERVICE):
-            inst = event.instance
-            if event.kind in ("up", "update") and inst is not None and isinstance(inst.get("addr"), str):
-                addrs[str(inst["id"])] = str(inst["addr"])
-            elif event.kind == "down" and inst is not None:
-                addrs.pop(str(inst["id"]), None)
-            elif event.kind != "current":
-                continue
-            if addrs:
-                local = self._local_ip
-                ordered = sorted(addrs.values(), key=lambda a: (a.rsplit(":", 1)[0] != local, a))
-                urls = [_url(a) for a in ordered]
-                if urls != self.urls:
-                    log.info("controllers: %s", ", ".join(urls))
-                self._set_urls(urls)
+        await follow_controllers(discoverd, self._set_urls, local_ip=self._local_ip, retry_after=retry_after)
 
     async def client(self) -> AsyncClient:
         """The controller client (waiting briefly until a controller is known)."""
