@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 from aiohttp import web
 
@@ -21,7 +20,7 @@ from flynn.blobstore.backends import create_backend
 from flynn.blobstore.backends.base import Backend, BackendUnavailable
 from flynn.blobstore.config import SERVICE, BlobstoreConfig
 from flynn.common import sdnotify
-from flynn.common.daemon import run_daemon
+from flynn.common.daemon import run_daemon, stop_event
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import register_secret, setup_logging
 from flynn.common.web import serve_app
@@ -111,10 +110,7 @@ async def serve(cfg: BlobstoreConfig) -> int:
     announcer = Announcer(cfg)
     announcer.start()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await stop.wait()
     finally:

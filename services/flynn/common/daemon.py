@@ -8,6 +8,7 @@ which systemd puts in the journal; otherwise the daemon's ``serve`` coroutine ru
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
@@ -35,3 +36,12 @@ def run_daemon(
         print(f"{name}: {exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(run_loop(serve(cfg)) or 0)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set on SIGTERM (systemd stopping the unit) or SIGINT; call it in the running loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 import flynn
 from flynn.common import sdnotify
-from flynn.common.daemon import run_daemon
+from flynn.common.daemon import run_daemon, stop_event
 from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.controller.config import ControllerConfig, database_password
@@ -62,10 +61,7 @@ async def serve(cfg: ControllerConfig) -> None:
     sdnotify.ready(f"serving on :{controller.port}")
     watchdog = sdnotify.start_watchdog()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await stop.wait()
     finally:

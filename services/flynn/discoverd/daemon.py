@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 from typing import Any
 
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.daemon import run_daemon
+from flynn.common.daemon import run_daemon, stop_event
 from flynn.common.log import register_secret, setup_logging
 from flynn.discoverd.api import make_app
 from flynn.discoverd.config import DiscoverdConfig
@@ -69,10 +67,7 @@ async def serve(cfg: DiscoverdConfig) -> None:
     sdnotify.ready(f"{role}; API :{cfg.http_port}")
     watchdog = sdnotify.start_watchdog()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await stop.wait()
     finally:

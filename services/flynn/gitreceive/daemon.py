@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.daemon import run_daemon
+from flynn.common.daemon import run_daemon, stop_event
 from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.common.web import serve_app
@@ -155,10 +154,7 @@ async def serve(cfg: GitreceiveConfig) -> int:
         watchdog = sdnotify.start_watchdog()
         announcer = Announcer(discoverd, cfg.addr)
         announcer.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         try:
             await stop.wait()
         finally:

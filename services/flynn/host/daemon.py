@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.daemon import run_loop
+from flynn.common.daemon import run_loop, stop_event
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import setup_logging
 from flynn.discoverd.client import Client as DiscoverdClient
@@ -88,10 +87,7 @@ async def serve(config: HostConfig) -> None:
     if addr is not None:
         registering = asyncio.get_running_loop().create_task(register_host(identity.id, addr, config.port))
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     systemd.on_broken = stop.set  # exit; systemd restarts the daemon, which reconnects and recovers
     try:
         await stop.wait()

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.daemon import run_daemon
+from flynn.common.daemon import run_daemon, stop_event
 from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.discoverd.client import Client as DiscoverdClient
@@ -141,9 +140,7 @@ async def serve(cfg: AggregatorConfig) -> None:
     setup_logging("logaggregator")
     register_secret(cfg.controller_key)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     agg = Aggregator(cfg)
     starting = loop.create_task(agg.start())
     stopping = loop.create_task(stop.wait())

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.daemon import run_loop
+from flynn.common.daemon import run_loop, stop_event
 from flynn.common.errors import APIError, ConfigError
 from flynn.common.log import register_secret, setup_logging
 from flynn.common.web import error_middleware
@@ -156,9 +155,7 @@ async def serve(cfg: SchedulerConfig) -> None:
     setup_logging("scheduler")
     register_secret(cfg.controller_key)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     daemon = Daemon(cfg)
     watchdog: asyncio.Task[None] | None = None
     try:
