@@ -43,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "services"), str(REPO / "scripts")]
+from flynn_dev.benchkit import cluster_command  # noqa: E402 - after the path set-up above
+
 CLUSTER = "gpbnch"
 SUBNET = "192.168.238.0/24"
 ENV = {**os.environ, "FLYNN_DEV_CLUSTER": CLUSTER, "FLYNN_DEV_SUBNET": SUBNET}
@@ -53,17 +55,7 @@ HOSTS = ("host1", "host2", "host3")
 
 
 def cluster(*args: str, timeout: float = 900) -> str:
-    proc = subprocess.run(
-        [str(REPO / "scripts/cluster"), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"bench: scripts/cluster {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
+    return cluster_command(ENV, *args, timeout=timeout)
 
 
 def host_exec(host: str, *argv: str) -> str:

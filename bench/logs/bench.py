@@ -35,6 +35,8 @@ from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "services"), str(REPO / "scripts")]
+from flynn_dev.benchkit import cluster_command  # noqa: E402 - after the path set-up above
+
 CLUSTER = "lgbnch"
 SUBNET = "192.168.242.0/24"
 ENV = {**os.environ, "FLYNN_DEV_CLUSTER": CLUSTER, "FLYNN_DEV_SUBNET": SUBNET}
@@ -43,17 +45,7 @@ APP = "logbench"
 
 
 def cluster(*args: str, timeout: float = 900) -> str:
-    proc = subprocess.run(
-        [str(REPO / "scripts/cluster"), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"bench: scripts/cluster {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
+    return cluster_command(ENV, *args, timeout=timeout)
 
 
 def flynn(rc: Path, *args: str, timeout: float = 300) -> str:

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from flynn_dev.benchkit import cluster_command  # noqa: E402 - after the path set-up above
+
 SUBNET = "192.168.247.0/24"
 GATEWAY = "192.168.247.1"
 ENV = {**os.environ, "FLYNN_DEV_CLUSTER": "bench", "FLYNN_DEV_SUBNET": SUBNET}
@@ -36,17 +39,7 @@ FLYNN = str(REPO / ".venv/bin/flynn")
 
 
 def cluster(*args: str, timeout: float = 900) -> str:
-    proc = subprocess.run(
-        [str(REPO / "scripts/cluster"), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"bench: scripts/cluster {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return cluster_command(ENV, *args, timeout=timeout)
 
 
 def flynn(rc: Path, *args: str) -> str:

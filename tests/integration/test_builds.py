@@ -75,10 +75,12 @@ def blobs(tmp_path_factory: pytest.TempPathFactory, gateway: str) -> Iterator[Bl
     server.close()
 
 
-@pytest.fixture(scope="module")
-def build_env(tmp_path_factory: pytest.TempPathFactory, blobs: BlobServer, gateway: str) -> dict[str, str]:
-    """gitreceive's build env for these builds: package indexes on the gateway, filled from the
-    public registries by this machine (which reaches them; the hosts do not)."""
+def serve_packages(
+    tmp_path_factory: pytest.TempPathFactory, blobs: BlobServer, gateway: str
+) -> dict[str, str]:
+    """The example apps' packages, fetched from the public registries by this machine (which
+    reaches them; the hosts do not) and served by ``blobs`` on the gateway: the build env that
+    points pip and npm there."""
     downloads = tmp_path_factory.mktemp("pypi-downloads")
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
@@ -99,6 +101,12 @@ def build_env(tmp_path_factory: pytest.TempPathFactory, blobs: BlobServer, gatew
         "PIP_TRUSTED_HOST": gateway,  # plain http: pip caches its downloads only from a trusted host
         "NPM_CONFIG_REGISTRY": npm_registry(blobs, tarballs),
     }
+
+
+@pytest.fixture(scope="module")
+def build_env(tmp_path_factory: pytest.TempPathFactory, blobs: BlobServer, gateway: str) -> dict[str, str]:
+    """gitreceive's build env for these builds: package indexes on the gateway."""
+    return serve_packages(tmp_path_factory, blobs, gateway)
 
 
 @pytest.fixture(scope="module")

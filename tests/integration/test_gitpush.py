@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -30,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from tests.buildfakes import BlobServer, npm_registry, simple_index
+from tests.buildfakes import BlobServer
 from tests.integration.conftest import REPO, ClusterHandle
-from tests.integration.test_builds import NPM_PACKAGES, PIP_PACKAGES, SshGit, gateway, ssh_git
+from tests.integration.test_builds import SshGit, gateway, serve_packages, ssh_git
 
 BOOTSTRAP = True
 pytestmark = pytest.mark.slow
@@ -178,26 +177,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory, gateway: str) -> Iterator
     """The example apps' packages, fetched by this machine and served on the gateway (the
     slugbuilder's tests do the same, tests/integration/test_builds.py)."""
     server = BlobServer(tmp_path_factory.mktemp("packages"), host=gateway)
-    downloads = tmp_path_factory.mktemp("pypi")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--dest", downloads, *PIP_PACKAGES],
-        check=True, timeout=300,
-    )  # fmt: skip
-    simple_index(server.root / "pypi", sorted(downloads.glob("*.whl")))
-    packed = tmp_path_factory.mktemp("npm")
-    tarballs = {}
-    for name, version in NPM_PACKAGES:
-        subprocess.run(
-            ["npm", "pack", "--silent", f"{name}@{version}", "--pack-destination", packed],
-            check=True, timeout=300, cwd=packed, capture_output=True,
-        )  # fmt: skip
-        tarballs[(name, version)] = (packed / f"{name}-{version}.tgz").read_bytes()
-    yield {
-        "BUILD_ENV_PIP_INDEX_URL": server.url("pypi/simple/"),
-        "BUILD_ENV_PIP_TRUSTED_HOST": gateway,
-        "BUILD_ENV_NPM_CONFIG_REGISTRY": npm_registry(server, tarballs),
-    }
+    yield {f"BUILD_ENV_{k}": v for k, v in serve_packages(tmp_path_factory, server, gateway).items()}
     server.close()
 
 
