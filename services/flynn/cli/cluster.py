@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
@@ -18,6 +18,9 @@ from flynn.cli.context import fail, make_client, state
 from flynn.cli.output import table
 from flynn.cli.rcfile import Cluster, ca_cert_path
 from flynn.common.errors import APIError
+
+if TYPE_CHECKING:
+    from flynn.controller.client import Client as ControllerClient
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -117,22 +120,20 @@ def add(
     if make_default or not rc.default or rc.get(rc.default) is None:
         rc.default = name
     rc.save()
-    _keep_ca(ca_cert_path(rc.path, name), ca_pem)
+    ca_file = ca_cert_path(rc.path, name)
+    _keep_ca(ca_file, ca_pem)
     click.echo(f"Cluster {name!r} added" + (" and set as default." if rc.default == name else "."))
     if ca_pem is not None:
-        click.echo(
-            f"Its CA is in {ca_cert_path(rc.path, name)};"
-            f" 'flynn create' makes git trust it for {new.git_url}."
-        )
+        click.echo(f"Its CA is in {ca_file}; 'flynn create' makes git trust it for {new.git_url}.")
 
 
-def _fetch_ca(client: Any, cluster: Cluster) -> str | None:
+def _fetch_ca(client: ControllerClient, cluster: Cluster) -> str | None:
     """The cluster CA, fetched over the pinned connection (so it is the cluster's own), when git
     goes over HTTPS; None when git does not need it or the controller has none."""
     if not cluster.git_url.startswith("https://"):
         return None
     try:
-        pem = str(client.ca_cert())
+        pem = client.ca_cert()
     except APIError as exc:
         if exc.status == 404:
             return None

@@ -41,21 +41,21 @@ def set_remote(name: str, url: str) -> None:
         raise GitError(f"git remote {verb} {name}: {_last_line(res.stderr)}")
 
 
-def set_credential_helper(git_url: str, helper: str) -> None:
-    """``credential.GITURL.helper`` in the current repository (git asks it for that URL's key)."""
-    key = f"credential.{git_url.rstrip('/')}.helper"
-    res = _git("config", "--replace-all", key, helper)
+def _set_config(key: str, value: str) -> None:
+    res = _git("config", "--replace-all", key, value)
     if res.returncode != 0:
         raise GitError(f"git config {key}: {_last_line(res.stderr)}")
+
+
+def set_credential_helper(git_url: str, helper: str) -> None:
+    """``credential.GITURL.helper`` in the current repository (git asks it for that URL's key)."""
+    _set_config(f"credential.{git_url.rstrip('/')}.helper", helper)
 
 
 def set_ca_info(git_url: str, ca_file: str) -> None:
     """``http.GITURL/.sslCAInfo`` in the current repository: git trusts the cluster CA for that
     URL only (the routers' certificate is signed by it, not by a public CA)."""
-    key = f"http.{git_url.rstrip('/')}/.sslCAInfo"
-    res = _git("config", "--replace-all", key, ca_file)
-    if res.returncode != 0:
-        raise GitError(f"git config {key}: {_last_line(res.stderr)}")
+    _set_config(f"http.{git_url.rstrip('/')}/.sslCAInfo", ca_file)
 
 
 def remove_remote(name: str) -> None:
