@@ -255,10 +255,12 @@ def test_partitioned_leader_cannot_write_and_converges_after_heal(cluster: Clust
         )  # fmt: skip
         _body, code = res.out.rsplit("\n", 1)
         assert code in ("503", "404"), res.out
-        # reads still answer there (stale but available)
-        res = cluster.exec(leader, "curl", "-sf", "http://127.0.0.1:1111/services")
-        assert res.rc == 0
-        assert "split" not in json.loads(res.out)
+        # reads still answer there (stale but available, and marked so)
+        res = cluster.exec(leader, "curl", "-sfi", "-m", "15", "http://127.0.0.1:1111/services")
+        assert res.rc == 0, res.err
+        head, _, body = res.out.replace("\r\n", "\n").partition("\n\n")
+        assert "split" not in json.loads(body)
+        assert "discoverd-stale: true" in head.lower(), head
     finally:
         assert cluster.cli("heal", leader).rc == 0
 

@@ -7,6 +7,7 @@ they are fast enough to cover the edge cases.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from flynn.common.errors import APIError
 from flynn.discoverd.client import Client, WatchEvent
+from flynn.discoverd.store import SETTLE_FOR
 from tests.unit.discoverd_local import LocalCluster, free_port_pair
 
 pytestmark = pytest.mark.timeout(90)
@@ -107,6 +109,82 @@ async def test_leader_kill_elects_a_new_leader_and_keeps_data(cluster: LocalClus
     async with Client(cluster.urls(*survivors)) as client:
         assert (await client.get_meta("db"))["data"] == {"k": 1}
         await client.add_service("after")  # writes continue with 2 of 3
+
+
+def freeze_commit_index(node: Any, seconds: float | None = None) -> None:
+    """Make a node tell the others no newer commit index than it has now (for ``seconds``, or
+    for good): they keep receiving and acknowledging entries but never apply them."""
+    obj = node.store.raft.obj
+    frozen = obj.getStatus()["commit_idx"]
+    until = None if seconds is None else time.monotonic() + seconds
+    transport = obj._SyncObj__transport
+    send = transport.send
+
+    def send_frozen(to: Any, message: dict[str, Any]) -> Any:
+        if message.get("type") == "append_entries" and (until is None or time.monotonic() < until):
+            message = {**message, "commit_index": min(message["commit_index"], frozen)}
+        return send(to, message)
+
+    transport.send = send_frozen
+
+
+async def test_write_acknowledged_just_before_the_leader_dies_is_read_after_failover(
+    cluster: LocalCluster,
+) -> None:
+    """The followers hold the entries but were never told they committed; the leader dies. Once
+    a new leader is known, both survivors must answer with the writes, not 404, even while the
+    new leader's commit index reaches the other survivor late (they wait for the new term's
+    marker; see Store.settled)."""
+    old = cluster.leader()
+    assert old is not None
+    freeze_commit_index(cluster.nodes[old])
+    async with Client(cluster.urls(old)) as client:
+        await client.add_service("db")
+        await client.set_meta("db", {"k": 1}, 0)
+    survivors = [ip for ip in cluster.nodes if ip != old]
+    async with aiohttp.ClientSession() as http:
+        for ip in survivors:  # the precondition: not applied there
+            async with http.get(f"{cluster.nodes[ip].url}/services/db/meta?stale") as resp:
+                assert resp.status == 404, await resp.text()
+        for ip in survivors:
+            freeze_commit_index(cluster.nodes[ip], 1.0)
+        await cluster.nodes[old].stop()
+        await cluster.wait_for(lambda: cluster.leader() not in (None, old), 10, "a new leader")
+        for ip in survivors:
+            async with http.get(f"{cluster.nodes[ip].url}/services/db/meta") as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["data"] == {"k": 1}
+                assert "Discoverd-Stale" not in resp.headers
+
+
+async def test_a_node_that_cannot_settle_serves_its_last_state_marked_stale(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No leader in sight (majority lost, minority side): after one bounded wait per unsettled
+    spell, reads are served from the local state with ``Discoverd-Stale: true``."""
+    async with Client(cluster.urls()) as client:
+        await client.add_service("db")
+    ip = next(iter(cluster.nodes))
+    node = cluster.nodes[ip]
+    await cluster.wait_for(lambda: "db" in node.store.service_names(), 5, "db applied")
+    monkeypatch.setattr(node.store, "settled", lambda: False)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        url = f"{node.url}/services"
+        t0 = loop.time()
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert await resp.json() == ["db"]
+            assert resp.headers.get("Discoverd-Stale") == "true"
+        assert loop.time() - t0 >= SETTLE_FOR  # it did wait (a lower bound, not a timing claim)
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=SETTLE_FOR / 2)) as resp:
+            assert resp.status == 200  # no second wait within the same unsettled spell
+            assert resp.headers.get("Discoverd-Stale") == "true"
+        async with http.get(url + "?stale") as resp:
+            assert "Discoverd-Stale" not in resp.headers  # asked for: no wait, no mark
+        monkeypatch.undo()
+        async with http.get(url) as resp:
+            assert "Discoverd-Stale" not in resp.headers
 
 
 async def test_watch_resumes_on_another_node_without_gaps(cluster: LocalCluster) -> None:

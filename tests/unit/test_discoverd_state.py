@@ -175,6 +175,17 @@ def test_deterministic_and_snapshot_round_trip() -> None:
     assert diff(a, restored) == []
 
 
+def test_term_marker_only_moves_forward_and_survives_a_snapshot() -> None:
+    st = State()
+    assert st.apply({"op": "term", "term": 3}) == ({"term": 3}, [])
+    assert st.apply({"op": "term", "term": 2}) == ({"term": 3}, [])  # a late marker of an old term
+    assert st.index == 2  # markers are log entries like any other: every node counts them
+    assert State.from_dict(st.to_dict()).term == 3
+    old = st.to_dict()
+    del old["term"]  # a snapshot written before markers existed
+    assert State.from_dict(old).term == 0
+
+
 def test_diff_describes_the_change() -> None:
     old = State()
     old.apply({"op": "add_service", "service": "web"})

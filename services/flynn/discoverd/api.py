@@ -38,6 +38,25 @@ async def domain_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return json_error(503, str(exc))
 
 
+@web.middleware
+async def consistent_reads(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Registry requests wait until this node has applied what earlier leaders committed.
+
+    Without it, a node that just saw its leader die could answer 404 for a service whose
+    creation was acknowledged (committed, not yet applied here). ``?stale`` skips the wait; a
+    node that cannot settle (no leader: majority lost, minority side) serves its last state and
+    says so in ``Discoverd-Stale: true``."""
+    path = request.path
+    if not (path.startswith("/services") or path == "/events") or "stale" in request.query:
+        settled = True
+    else:
+        settled = await request.app[STORE].settle()
+    response: web.StreamResponse = await handler(request)
+    if not settled and not response.prepared:
+        response.headers["Discoverd-Stale"] = "true"
+    return response
+
+
 def _service(request: web.Request) -> str:
     return validate.service_name(request.match_info["service"])
 
@@ -368,7 +387,9 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def make_app(store: Store, membership: Membership) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, domain_errors], client_max_size=16 << 20)
+    app = web.Application(
+        middlewares=[error_middleware, domain_errors, consistent_reads], client_max_size=16 << 20
+    )
     app[STORE] = store
     app[MEMBERSHIP] = membership
     app[BACKGROUND] = set()

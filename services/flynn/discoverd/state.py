@@ -121,6 +121,9 @@ class State:
 
     def __init__(self) -> None:
         self.index = 0
+        # highest Raft term whose leader has committed its term marker: a node that has applied
+        # the marker of its current term has applied everything committed before that term
+        self.term = 0
         self.services: dict[str, Service] = {}
 
     # -- reads ---------------------------------------------------------------------------------
@@ -245,6 +248,10 @@ class State:
         leader = svc.leader()
         return {"leader": leader.to_dict() if leader else None}
 
+    def _term(self, cmd: dict[str, Any], ev: _Emitter) -> dict[str, Any]:
+        self.term = max(self.term, int(cmd["term"]))
+        return {"term": self.term}
+
     @staticmethod
     def _leader_changed(svc: Service, before: Instance | None, ev: _Emitter) -> None:
         after = svc.leader()
@@ -256,6 +263,7 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
+            "term": self.term,
             "services": {
                 name: {
                     "leader_type": s.leader_type,
@@ -272,6 +280,7 @@ class State:
     def from_dict(cls, d: dict[str, Any]) -> State:
         st = cls()
         st.index = int(d["index"])
+        st.term = int(d.get("term", 0))  # snapshots written before term markers existed
         for name, s in d["services"].items():
             svc = Service(
                 name=name,
@@ -297,6 +306,7 @@ class _Emitter:
 
 
 _HANDLERS = {
+    "term": State._term,
     "add_service": State._add_service,
     "remove_service": State._remove_service,
     "register": State._register,

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 HISTORY = 10_000
 SUBSCRIBER_QUEUE = 10_000
+# how long reads wait for this node to settle after a leader change (see Store.settle)
+SETTLE_FOR = 2.0
 EventId = tuple[int, int]
 
 
@@ -110,6 +112,8 @@ class Store:
         self._leader_since: float | None = None
         self._switch_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._marker: asyncio.Task[None] | None = None
+        self._unsettled_since: float | None = None
         self.role_file = settings.data_dir / "role.json"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -144,6 +148,8 @@ class Store:
             self._close(sub)
 
     async def stop(self) -> None:
+        if self._marker is not None:
+            self._tasks.append(self._marker)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -160,6 +166,39 @@ class Store:
         return self.node
 
     # -- reads ---------------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """Whether this node's state holds everything committed before the current Raft term.
+
+        pysyncobj tells a follower that entries are committed only with the leader's next
+        append; a leader that dies right after acknowledging a write leaves the survivors with
+        the entry in their logs but not applied. Each new leader commits a term marker
+        (:meth:`_mark_term`); once this node has applied the marker of its current term it has
+        applied every write acknowledged under an earlier leader."""
+        node, sm = self.node, self._serving
+        if node is None or sm is None or sm is not node.sm:
+            return False
+        if node.leader() is None or not node.is_ready():
+            return False
+        return sm.state.term >= node.term()
+
+    async def settle(self) -> bool:
+        """Wait until :meth:`settled`, for at most SETTLE_FOR after the node became unsettled.
+
+        Returns False when that time is up: the caller then serves the local state, which may be
+        stale (no leader reachable, a minority side of a partition), rather than nothing. The
+        bound counts from the start of the unsettled spell, not per request, so during a long
+        outage reads are not each delayed."""
+        loop = asyncio.get_running_loop()
+        while not self.settled():
+            now = loop.time()
+            if self._unsettled_since is None:
+                self._unsettled_since = now
+            if now - self._unsettled_since >= SETTLE_FOR:
+                return False
+            await asyncio.sleep(0.02)
+        self._unsettled_since = None
+        return True
 
     def _read(self) -> tuple[threading.RLock, State]:
         sm = self._serving
@@ -361,10 +400,26 @@ class Store:
             log.info("this node is the Raft leader; expiry starts after a %gs grace period", self.ttl)
             self._leader_since = time.monotonic()
             self._leader_seen = {}
+            if self._loop is not None and (self._marker is None or self._marker.done()):
+                self._marker = self._loop.create_task(self._mark_term(), name="term-marker")
         elif self._leader_since is not None:
             log.info("this node is no longer the Raft leader")
             self._leader_since = None
             self._leader_seen = {}
+
+    async def _mark_term(self) -> None:
+        """As a new leader, commit a marker of this term (see :meth:`settled`)."""
+        while self.node is not None and self.node.is_leader():
+            term = self.node.term()
+            lock, state = self._read()
+            with lock:
+                if state.term >= term:
+                    return
+            try:
+                await self.node.submit({"op": "term", "term": term})
+            except Unavailable as exc:
+                log.warning("committing the marker of term %d failed: %s", term, exc)
+                await asyncio.sleep(0.2)
 
     # -- subscriptions (asyncio side) -----------------------------------------------------------
 
