@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 ["tests/integration"],
                 timeout=900,
                 env={"FLYNN_DEV_CLUSTER": "test"},
-                extra=args.pytest_args,
+                # Python's own traceback format: pytest's re-parses the source of every frame,
+                # and on CPython 3.11.2 that once died with "AST constructor recursion depth
+                # mismatch", an INTERNALERROR that ended the whole tier instead of one test
+                extra=["--tb=native", *args.pytest_args],
             )
         )
     if "vm" in tiers:

@@ -3,7 +3,8 @@
 Every service that calls the controller (scheduler, router, log aggregator) keeps its
 :class:`~flynn.controller.client.AsyncClient`'s URL list equal to the registered controllers with
 :func:`follow_controllers`: the one on this host first (no network hop, and it keeps working
-when this host is cut off from the others), then the rest by address.
+when this host is cut off from the others), then the rest by address; :class:`FollowedClient`
+is that client with the following built in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import aiohttp
+
 from flynn.common.errors import APIError
+from flynn.controller.client import AsyncClient
 from flynn.discoverd.client import Client as DiscoverdClient
 
 log = logging.getLogger(__name__)
@@ -72,3 +76,65 @@ async def _watch(
                 log.info("controllers: %s", ", ".join(urls))
                 last = urls
             on_urls(urls)
+
+
+class FollowedClient:
+    """An :class:`~flynn.controller.client.AsyncClient` whose URL list follows the controllers
+    registered in discoverd (:meth:`follow`), or stays on the one ``url`` configured. The client
+    is made with the first URLs known; :meth:`client` waits for them."""
+
+    def __init__(
+        self,
+        key: str,
+        session: aiohttp.ClientSession,
+        *,
+        url: str | None = None,
+        local_ip: str | None = None,
+        timeout: float = 10.0,
+        retry_for: float = 0.0,
+    ) -> None:
+        self._key = key
+        self._session = session
+        self._local_ip = local_ip
+        self._timeout = timeout
+        self._retry_for = retry_for
+        self._client: AsyncClient | None = None
+        self._known = asyncio.Event()
+        self.fixed = url is not None
+        if url is not None:
+            self._set_urls([url])
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._client.urls) if self._client is not None else []
+
+    def _set_urls(self, urls: list[str]) -> None:
+        if self._client is None:
+            self._client = AsyncClient(
+                urls, self._key, timeout=self._timeout, retry_for=self._retry_for, session=self._session
+            )
+        elif urls != self._client.urls:
+            self._client.set_urls(urls)
+        self._known.set()
+
+    def _use_key(self, key: str) -> None:
+        self._key = key
+        if self._client is not None:
+            self._client.set_key(key)
+
+    async def follow(self, discoverd: DiscoverdClient, *, retry_after: float = 1.0) -> None:
+        """Keep the URLs current from discoverd (run as a task for the daemon's life)."""
+        await follow_controllers(discoverd, self._set_urls, local_ip=self._local_ip, retry_after=retry_after)
+
+    async def client(self, wait: float | None = None) -> AsyncClient:
+        """The client, once a controller is known: waits for ever, or ``wait`` seconds and then
+        fails with an :class:`~flynn.common.errors.APIError` (status 0) like an unreachable one."""
+        if self._client is None:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._known.wait()
+            except TimeoutError:
+                pass
+        if self._client is None:
+            raise APIError(0, "no controller is registered in discoverd yet")
+        return self._client

@@ -20,10 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from flynn.common.errors import APIError
 from flynn.common.log import register_secret
-from flynn.controller.client import AsyncClient
-from flynn.controller.locate import follow_controllers
+from flynn.controller.locate import FollowedClient
 from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.router.backendwatch import BackendWatches
 from flynn.router.routes import RouteTable
@@ -36,8 +34,9 @@ log = logging.getLogger(__name__)
 REFUSED_FOR = 60.0  # seconds a refused key is not taken up again from the router app's release
 
 
-class ControllerFinder:
-    """The controller client, its URLs kept current from discoverd (unless one URL is configured)."""
+class ControllerFinder(FollowedClient):
+    """The controller client, its URLs kept current from discoverd (unless one URL is configured),
+    and the router app's controller keys: the one in use first, earlier ones as fallbacks."""
 
     def __init__(
         self,
@@ -49,22 +48,9 @@ class ControllerFinder:
         timeout: float = 10.0,
         retry_for: float = 5.0,
     ) -> None:
-        self._key = key
+        super().__init__(key, session, url=url, local_ip=local_ip, timeout=timeout, retry_for=retry_for)
         self._keys = [key]  # known keys, the one in use first
         self._refused: dict[str, float] = {}  # key -> when the controller refused it
-        self._session = session
-        self._local_ip = local_ip
-        self._timeout = timeout
-        self._retry_for = retry_for
-        self._client: AsyncClient | None = None
-        self._known = asyncio.Event()
-        self.fixed = url is not None
-        if url is not None:
-            self._set_urls([url])
-
-    @property
-    def urls(self) -> list[str]:
-        return list(self._client.urls) if self._client is not None else []
 
     def set_key(self, key: str) -> None:
         """A new controller key (from the router app's release), for every request from now on;
@@ -74,7 +60,7 @@ class ControllerFinder:
             return
         register_secret(key)
         self._keys = [key, *[k for k in self._keys if k != key][:3]]
-        self._use(key)
+        self._use_key(key)
         log.info("using the router app's CONTROLLER_KEY")
 
     def next_key(self) -> None:
@@ -83,32 +69,8 @@ class ControllerFinder:
         if len(self._keys) > 1:
             self._refused[self._keys[0]] = time.monotonic()  # not taken up again for a while
             self._keys = [*self._keys[1:], self._keys[0]]
-            self._use(self._keys[0])
+            self._use_key(self._keys[0])
             log.warning("the controller refused the key: trying an earlier one")
-
-    def _use(self, key: str) -> None:
-        self._key = key
-        if self._client is not None:
-            self._client.set_key(key)
-
-    def _set_urls(self, urls: list[str]) -> None:
-        if self._client is None:
-            self._client = AsyncClient(
-                urls, self._key, timeout=self._timeout, retry_for=self._retry_for, session=self._session
-            )
-        elif urls != self._client.urls:
-            self._client.set_urls(urls)
-        self._known.set()
-
-    async def client(self) -> AsyncClient:
-        """The client, once a controller is known (waits until then)."""
-        await self._known.wait()
-        if self._client is None:
-            raise APIError(0, "no controller is known")
-        return self._client
-
-    async def follow(self, discoverd: DiscoverdClient, *, retry_after: float = 1.0) -> None:
-        await follow_controllers(discoverd, self._set_urls, local_ip=self._local_ip, retry_after=retry_after)
 
 
 class ControlPlane:

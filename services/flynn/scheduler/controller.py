@@ -18,9 +18,8 @@ import aiohttp
 
 from flynn.common.errors import APIError
 from flynn.controller.client import AsyncClient, JobUpdate
-from flynn.controller.locate import follow_controllers
+from flynn.controller.locate import FollowedClient
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.scheduler.aio import wait_event
 from flynn.scheduler.cluster import SignalEvent
 from flynn.scheduler.interfaces import ControllerEvent
 from flynn.scheduler.model import Formation, ModelError
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("formation", "app_deletion")
 
 
-class ControllerAPI:
+class ControllerAPI(FollowedClient):
     def __init__(
         self,
         key: str,
@@ -42,41 +41,16 @@ class ControllerAPI:
         timeout: float = 10.0,
         wait_for_url: float = 5.0,
     ) -> None:
-        self._key = key
-        self._session = session
-        self._timeout = timeout
+        super().__init__(key, session, url=url, local_ip=local_ip, timeout=timeout)
         self._wait_for_url = wait_for_url
-        self._local_ip = local_ip
-        self._client: AsyncClient | None = None
-        self._known = asyncio.Event()
-        if url is not None:
-            self._set_urls([url])
-
-    def _set_urls(self, urls: list[str]) -> None:
-        if self._client is None:
-            self._client = AsyncClient(urls, self._key, timeout=self._timeout, session=self._session)
-        elif urls != self._client.urls:
-            self._client.set_urls(urls)
-        self._known.set()
-
-    @property
-    def urls(self) -> list[str]:
-        return list(self._client.urls) if self._client is not None else []
 
     async def follow_discoverd(self, discoverd: DiscoverdClient, *, retry_after: float = 2.0) -> None:
         """Keep the controller URLs current from discoverd (run as a task for the daemon's life)."""
-        await follow_controllers(discoverd, self._set_urls, local_ip=self._local_ip, retry_after=retry_after)
-
-    async def client(self) -> AsyncClient:
-        """The controller client (waiting briefly until a controller is known)."""
-        return await self._get_client()
+        await self.follow(discoverd, retry_after=retry_after)
 
     async def _get_client(self) -> AsyncClient:
-        if self._client is None:
-            await wait_event(self._known, self._wait_for_url)
-        if self._client is None:
-            raise APIError(0, "no controller is registered in discoverd yet")
-        return self._client
+        """The controller client (waiting briefly until a controller is known)."""
+        return await self.client(self._wait_for_url)
 
     # -- ControllerView --------------------------------------------------------------------------
 
