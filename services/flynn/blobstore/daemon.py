@@ -9,7 +9,6 @@ Stop (SIGTERM/SIGINT): deregister, finish the requests in flight (up to 10 s), c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -21,56 +20,13 @@ from flynn.blobstore.backends.base import Backend, BackendUnavailable
 from flynn.blobstore.config import SERVICE, BlobstoreConfig
 from flynn.common import sdnotify
 from flynn.common.daemon import run_daemon, stop_event
-from flynn.common.errors import APIError, ConfigError
+from flynn.common.errors import ConfigError
 from flynn.common.log import register_secret, setup_logging
 from flynn.common.web import serve_app
+from flynn.discoverd.client import Announcement
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.discoverd.client import Registration
 
 log = logging.getLogger("flynn.blobstore")
-
-
-async def register_forever(client: DiscoverdClient, addr: str, meta: dict[str, str]) -> Registration:
-    """Register ``blobstore`` at ``addr``, retrying (with backoff) until discoverd answers."""
-    delay = 1.0
-    while True:
-        try:
-            reg = await client.register(SERVICE, addr, meta=meta)
-        except APIError as exc:
-            log.warning("cannot register in discoverd yet: %s; retrying in %.0fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        log.info("registered in discoverd as %s at %s", SERVICE, addr)
-        return reg
-
-
-class Announcer:
-    """The discoverd registration, made in the background and withdrawn at stop."""
-
-    def __init__(self, cfg: BlobstoreConfig) -> None:
-        self.client = DiscoverdClient(cfg.discoverd_urls)
-        self.addr = cfg.addr
-        self.meta = {"backend": cfg.default.kind}
-        self.task: asyncio.Task[Registration] | None = None
-
-    def start(self) -> None:
-        if self.addr is not None:
-            self.task = asyncio.get_running_loop().create_task(
-                register_forever(self.client, self.addr, self.meta), name="discoverd-register"
-            )
-
-    async def stop(self) -> None:
-        task = self.task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await task.result().close()
-        elif task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.client.close()
 
 
 async def start_http(cfg: BlobstoreConfig, backend: Backend) -> web.AppRunner | None:
@@ -107,8 +63,11 @@ async def serve(cfg: BlobstoreConfig) -> int:
     )
     sdnotify.ready(f"serving :{cfg.port}, backend {backend.name}")
     watchdog = sdnotify.start_watchdog()
-    announcer = Announcer(cfg)
-    announcer.start()
+    discoverd = DiscoverdClient(cfg.discoverd_urls)
+    announcement = None
+    if cfg.addr is not None:
+        announcement = Announcement(discoverd, SERVICE, cfg.addr, meta={"backend": cfg.default.kind})
+        announcement.start()
 
     stop = stop_event()
     try:
@@ -117,7 +76,9 @@ async def serve(cfg: BlobstoreConfig) -> int:
         log.info("stopping")
         sdnotify.stopping()
         await sdnotify.cancel(watchdog)
-        await announcer.stop()
+        if announcement is not None:
+            await announcement.close()
+        await discoverd.close()
         with contextlib.suppress(Exception):
             await runner.cleanup()
         await backend.stop()

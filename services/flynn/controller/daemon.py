@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 import flynn
 from flynn.common import sdnotify
 from flynn.common.daemon import run_daemon, stop_event
-from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.controller.config import ControllerConfig, database_password
 from flynn.controller.service import Controller
+from flynn.discoverd.client import Announcement
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.discoverd.client import Registration
 
 SERVICE = "controller"
-
-
-async def register_forever(client: DiscoverdClient, addr: str, holder: list[Registration]) -> None:
-    """Register as ``controller`` in discoverd, retrying until it works (discoverd may be starting)."""
-    log = logging.getLogger("flynn.controller")
-    delay = 0.5
-    while True:
-        try:
-            holder.append(await client.register(SERVICE, addr, meta={"version": _version()}))
-            log.info("registered in discoverd as %s at %s", SERVICE, addr)
-            return
-        except APIError as exc:
-            log.warning("cannot register in discoverd yet: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 def _version() -> str:
@@ -50,12 +30,10 @@ async def serve(cfg: ControllerConfig) -> None:
     controller = Controller(cfg, discoverd=discoverd)
     sdnotify.status("waiting for the database")
     await controller.start()
-    registrations: list[Registration] = []
-    register_task = None
+    announcement = None
     if cfg.addr:
-        register_task = asyncio.get_running_loop().create_task(
-            register_forever(discoverd, cfg.addr, registrations)
-        )
+        announcement = Announcement(discoverd, SERVICE, cfg.addr, meta={"version": _version()})
+        announcement.start()
     else:
         log.warning("CONTROLLER_ADDR is not set: not registering in discoverd")
     sdnotify.ready(f"serving on :{controller.port}")
@@ -68,12 +46,8 @@ async def serve(cfg: ControllerConfig) -> None:
         log.info("stopping")
         sdnotify.stopping()
         await sdnotify.cancel(watchdog)
-        if register_task is not None:
-            register_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await register_task
-        for reg in registrations:
-            await reg.close()
+        if announcement is not None:
+            await announcement.close()
         await controller.stop()
         await discoverd.close()
 

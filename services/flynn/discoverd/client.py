@@ -292,6 +292,60 @@ class Registration:
                 await self.client.deregister(self.service, self.id)
 
 
+class Announcement:
+    """A daemon's own registration, made in the background and withdrawn at stop.
+
+    :meth:`start` registers ``service`` at ``addr``, retrying with backoff (``first_delay``
+    doubling up to ``max_delay``) while discoverd cannot take it, e.g. while it is starting on
+    the same host. :meth:`close` deregisters (within ``within`` seconds) or stops trying."""
+
+    def __init__(
+        self,
+        client: Client,
+        service: str,
+        addr: str,
+        *,
+        meta: dict[str, str] | None = None,
+        first_delay: float = 0.5,
+        max_delay: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.addr = addr
+        self.meta = meta
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.registration: Registration | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._register(), name=f"announce-{self.service}")
+
+    async def _register(self) -> None:
+        delay = self.first_delay
+        while True:
+            try:
+                self.registration = await self.client.register(self.service, self.addr, meta=self.meta)
+            except APIError as exc:
+                log.warning("cannot register in discoverd yet: %s; retrying in %.1fs", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            log.info("registered in discoverd as %s at %s", self.service, self.addr)
+            return
+
+    async def close(self, within: float = 5.0) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        reg, self.registration = self.registration, None
+        if reg is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(within):
+                    await reg.close()  # deregister first: no more traffic is sent here
+
+
 @dataclass
 class _Parsed:
     id: str | None = None

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,12 +23,11 @@ from aiohttp import web
 
 from flynn.common import sdnotify
 from flynn.common.daemon import run_daemon, stop_event
-from flynn.common.errors import APIError
 from flynn.common.log import register_secret, setup_logging
 from flynn.common.web import serve_app
 from flynn.controller.client import AsyncClient
+from flynn.discoverd.client import Announcement
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.discoverd.client import Registration
 from flynn.gitreceive import hook
 from flynn.gitreceive.api import Context, make_app
 from flynn.gitreceive.auth import Verifier
@@ -62,43 +60,6 @@ def base_env(cfg: GitreceiveConfig, environ: Mapping[str, str] | None = None) ->
     env["HOME"] = str(cfg.state_dir)
     env.setdefault("LANG", "C.UTF-8")
     return env
-
-
-class Announcer:
-    """The discoverd registration, made in the background and withdrawn at stop."""
-
-    def __init__(self, client: DiscoverdClient, addr: str | None) -> None:
-        self.client = client
-        self.addr = addr
-        self.task: asyncio.Task[Registration] | None = None
-
-    async def _register(self, addr: str) -> Registration:
-        delay = 1.0
-        while True:
-            try:
-                reg = await self.client.register(SERVICE, addr)
-            except APIError as exc:
-                log.warning("cannot register in discoverd yet: %s; retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            log.info("registered in discoverd as %s at %s", SERVICE, addr)
-            return reg
-
-    def start(self) -> None:
-        if self.addr is not None:
-            self.task = asyncio.get_running_loop().create_task(self._register(self.addr), name="register")
-
-    async def stop(self) -> None:
-        task = self.task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await task.result().close()
-        elif task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def make_context(
@@ -152,8 +113,10 @@ async def serve(cfg: GitreceiveConfig) -> int:
         log.info("gitreceive on %s:%d, repositories in %s", cfg.listen_ip, cfg.port, cfg.repos)
         sdnotify.ready(f"serving :{cfg.port}")
         watchdog = sdnotify.start_watchdog()
-        announcer = Announcer(discoverd, cfg.addr)
-        announcer.start()
+        announcement = None
+        if cfg.addr is not None:
+            announcement = Announcement(discoverd, SERVICE, cfg.addr)
+            announcement.start()
         stop = stop_event()
         try:
             await stop.wait()
@@ -161,7 +124,8 @@ async def serve(cfg: GitreceiveConfig) -> int:
             log.info("stopping")
             sdnotify.stopping()
             await sdnotify.cancel(watchdog)
-            await announcer.stop()
+            if announcement is not None:
+                await announcement.close()
             with contextlib.suppress(Exception):
                 await runner.cleanup()
     return 0

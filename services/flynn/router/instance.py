@@ -20,9 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from flynn.common import sdnotify
-from flynn.common.errors import APIError
+from flynn.discoverd.client import Announcement
 from flynn.discoverd.client import Client as DiscoverdClient
-from flynn.discoverd.client import Registration
 from flynn.router.settings import SERVICE, DaemonSettings
 from flynn.router.status import StatusSource, gather, make_app
 
@@ -46,7 +45,7 @@ class Instance:
         self.register = register and settings.addr is not None
         self.runner: web.AppRunner | None = None
         self.status_port = 0
-        self.registration: Registration | None = None
+        self.announcement: Announcement | None = None
         self.healthy = True
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -55,7 +54,7 @@ class Instance:
         return {
             "addr": self.settings.addr,
             "cluster_domain": self.settings.cluster_domain,
-            "registered": self.registration is not None,
+            "registered": self.announcement is not None and self.announcement.registration is not None,
         }
 
     async def start(self) -> None:
@@ -72,7 +71,7 @@ class Instance:
         self.status_port = int(self.runner.addresses[0][1])
         loop = asyncio.get_running_loop()
         if self.register:
-            self._tasks.append(loop.create_task(self._register_forever(), name="register"))
+            self.announcement = self._announce()
         if sdnotify.watchdog_interval() is not None:
             self._tasks.append(loop.create_task(self._health_loop(), name="health"))
             watchdog = sdnotify.start_watchdog(lambda: self.healthy)
@@ -89,25 +88,18 @@ class Instance:
                 log.warning("a router worker does not answer: the watchdog is not pinged")
             await asyncio.sleep(interval)
 
-    async def _register_forever(self) -> None:
+    def _announce(self) -> Announcement | None:
         addr = self.settings.addr
         if addr is None:
-            return
+            return None
         self._session = aiohttp.ClientSession()
         client = DiscoverdClient(list(self.settings.discoverd_urls), session=self._session)
         meta = {"status": f"{self.settings.status_ip}:{self.status_port}"}
         if self.https_port is not None:
             meta["https"] = f"{addr}:{self.https_port}"
-        delay = 0.5
-        while True:
-            try:
-                self.registration = await client.register(SERVICE, f"{addr}:{self.http_port}", meta=meta)
-                log.info("registered in discoverd as %s at %s:%d", SERVICE, addr, self.http_port)
-                return
-            except APIError as exc:
-                log.info("cannot register in discoverd yet (%s); retrying", exc.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        announcement = Announcement(client, SERVICE, f"{addr}:{self.http_port}", meta=meta, max_delay=5.0)
+        announcement.start()
+        return announcement
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -116,11 +108,9 @@ class Instance:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        if self.registration is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3):
-                    await self.registration.close()  # deregister: no more traffic is sent here
-            self.registration = None
+        if self.announcement is not None:
+            await self.announcement.close(within=3)  # deregister: no more traffic is sent here
+            self.announcement = None
         if self.runner is not None:
             await self.runner.cleanup()
         if self._session is not None:
