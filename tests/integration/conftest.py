@@ -147,3 +147,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
         while (left := leftovers()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"left behind after down --wipe: {left}"
+
+
+@pytest.fixture(scope="module")
+def creds(cluster: ClusterHandle) -> dict[str, Any]:
+    """What `flynn-host bootstrap` wrote for the operator (controller URL and key, domain, CA, pin)."""
+    res = cluster.exec("host1", "cat", "/etc/flynn/bootstrap.json")
+    assert res.rc == 0, res.err
+    return dict(json.loads(res.out))

@@ -33,13 +33,6 @@ FLYNN = str(REPO / ".venv/bin/flynn")
 
 
 @pytest.fixture(scope="module")
-def creds(cluster: ClusterHandle) -> dict[str, Any]:
-    res = cluster.exec("host1", "cat", "/etc/flynn/bootstrap.json")
-    assert res.rc == 0, res.err
-    return dict(json.loads(res.out))
-
-
-@pytest.fixture(scope="module")
 def flynnrc(tmp_path_factory: pytest.TempPathFactory, creds: dict[str, Any]) -> Path:
     rc = tmp_path_factory.mktemp("flynn") / "flynnrc"
     out = flynn(rc, "cluster", "add", "-d", "test", creds["controller_url"], creds["key"])
@@ -48,9 +41,14 @@ def flynnrc(tmp_path_factory: pytest.TempPathFactory, creds: dict[str, Any]) -> 
 
 
 def flynn(
-    rc: Path, *args: str, timeout: float = 180, stdin: str | None = None
+    rc: Path,
+    *args: str,
+    timeout: float = 180,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLYNNRC": str(rc)}
+    """The real `flynn` CLI of the venv, configured by ``rc``, from ``/`` (no app from a remote)."""
+    env = {**os.environ, "FLYNNRC": str(rc), **(env or {})}
     env.pop("FLYNN_APP", None)
     return subprocess.run(
         [FLYNN, *args],
@@ -65,10 +63,13 @@ def flynn(
     )
 
 
-def ok(rc: Path, *args: str, timeout: float = 180) -> str:
-    out = flynn(rc, *args, timeout=timeout)
+def checked(out: subprocess.CompletedProcess[str], args: tuple[str, ...]) -> str:
     assert out.returncode == 0, f"flynn {' '.join(args)}: exit {out.returncode}: {out.stderr or out.stdout}"
     return out.stdout
+
+
+def ok(rc: Path, *args: str, timeout: float = 180) -> str:
+    return checked(flynn(rc, *args, timeout=timeout), args)
 
 
 class TarballServer:
@@ -91,11 +92,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def make_tarball(dest: Path) -> None:
+def make_tarball(app_dir: Path, dest: Path) -> None:
+    """A slug-like tarball of an example app (what `flynn release add` is given a URL of)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(APP_DIR.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(APP_DIR)), recursive=False)
+        for path in sorted(app_dir.rglob("*")):
+            if "__pycache__" not in path.parts:
+                tar.add(path, arcname=str(path.relative_to(app_dir)), recursive=False)
     dest.write_bytes(buf.getvalue())
 
 
@@ -104,7 +107,7 @@ def tarball_url(tmp_path_factory: pytest.TempPathFactory, cluster: ClusterHandle
     from flynn_dev import netns
 
     directory = tmp_path_factory.mktemp("artifacts")
-    make_tarball(directory / "env-echo.tar.gz")
+    make_tarball(APP_DIR, directory / "env-echo.tar.gz")
     server = TarballServer(directory, netns.Subnet.from_env().gateway)
     yield f"{server.base}/env-echo.tar.gz"
     server.close()

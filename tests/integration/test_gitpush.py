@@ -147,10 +147,7 @@ def releases(env: Env, app: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def env(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    res = cluster.exec("host1", "cat", "/etc/flynn/bootstrap.json")
-    assert res.rc == 0, res.err
-    creds = json.loads(res.out)
+def env(cluster: ClusterHandle, creds: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Env:
     work = tmp_path_factory.mktemp("gitpush")
     (work / "home").mkdir()
     (work / "ca.pem").write_text(creds["ca_cert"])

@@ -42,13 +42,6 @@ SINK_BUFFER = 10_000
 
 
 @pytest.fixture(scope="module")
-def creds(cluster: ClusterHandle) -> dict[str, Any]:
-    res = cluster.exec("host1", "cat", "/etc/flynn/bootstrap.json")
-    assert res.rc == 0, res.err
-    return dict(json.loads(res.out))
-
-
-@pytest.fixture(scope="module")
 def rc(tmp_path_factory: pytest.TempPathFactory, creds: dict[str, Any]) -> Path:
     path = tmp_path_factory.mktemp("flynn") / "flynnrc"
     out = flynn(path, "cluster", "add", "-d", "logs", creds["controller_url"], creds["key"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import io
 import json
 import os
 import re
@@ -23,7 +22,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tarfile
 import threading
 import time
 from collections import Counter
@@ -39,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.integration.conftest import REPO, ClusterHandle
-from tests.integration.test_apps import TarballServer
+from tests.integration.test_apps import TarballServer, checked, make_tarball
+from tests.integration.test_apps import flynn as run_flynn
 
 BOOTSTRAP = True  # the whole platform, routers included (see conftest.cluster)
 APP_DIR = REPO / "tests/apps/router-echo"
@@ -48,13 +47,6 @@ APP = "rtrecho"
 
 
 # -- the cluster and the CLI -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def creds(cluster: ClusterHandle) -> dict[str, Any]:
-    res = cluster.exec("host1", "cat", "/etc/flynn/bootstrap.json")
-    assert res.rc == 0, res.err
-    return dict(json.loads(res.out))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +67,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, creds: dict[str, Any]) -> 
 
 
 class Flynn:
+    """The CLI with its rc file, resolving the cluster's names to a router (FLYNN_RESOLVE)."""
+
     def __init__(self, rc: Path, resolve: str) -> None:
         self.rc = rc
         self.resolve = resolve
@@ -82,26 +76,10 @@ class Flynn:
     def __call__(
         self, *args: str, timeout: float = 240, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FLYNNRC": str(self.rc), "FLYNN_RESOLVE": self.resolve}
-        env.pop("FLYNN_APP", None)
-        return subprocess.run(
-            [FLYNN, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            check=False,
-            cwd="/",
-        )
+        return run_flynn(self.rc, *args, timeout=timeout, stdin=stdin, env={"FLYNN_RESOLVE": self.resolve})
 
     def ok(self, *args: str, timeout: float = 240) -> str:
-        out = self(*args, timeout=timeout)
-        assert out.returncode == 0, (
-            f"flynn {' '.join(args)}: exit {out.returncode}: {out.stderr or out.stdout}"
-        )
-        return out.stdout
+        return checked(self(*args, timeout=timeout), args)
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +191,7 @@ def tarball_url(tmp_path_factory: pytest.TempPathFactory, cluster: ClusterHandle
     from flynn_dev import netns
 
     directory = tmp_path_factory.mktemp("artifacts")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(APP_DIR.rglob("*")):
-            if "__pycache__" not in path.parts:
-                tar.add(path, arcname=str(path.relative_to(APP_DIR)), recursive=False)
-    (directory / "router-echo.tar.gz").write_bytes(buf.getvalue())
+    make_tarball(APP_DIR, directory / "router-echo.tar.gz")
     server = TarballServer(directory, netns.Subnet.from_env().gateway)
     yield f"{server.base}/router-echo.tar.gz"
     server.close()
