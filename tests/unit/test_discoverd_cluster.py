@@ -185,6 +185,12 @@ async def test_a_node_that_cannot_settle_serves_its_last_state_marked_stale(
         monkeypatch.undo()
         async with http.get(url) as resp:
             assert "Discoverd-Stale" not in resp.headers
+        await asyncio.sleep(0.5)  # settled for a while, nobody reading: the spell is over
+        monkeypatch.setattr(node.store, "settled", lambda: False)
+        t0 = loop.time()
+        async with http.get(url) as resp:  # a new spell: a new wait
+            assert resp.headers.get("Discoverd-Stale") == "true"
+        assert loop.time() - t0 >= SETTLE_FOR / 2
 
 
 async def test_watch_resumes_on_another_node_without_gaps(cluster: LocalCluster) -> None:

@@ -127,6 +127,7 @@ class Store:
         self._tasks = [
             self._loop.create_task(self._heartbeat_forward_loop(), name="heartbeat-forward"),
             self._loop.create_task(self._expiry_loop(), name="expiry"),
+            self._loop.create_task(self._settle_loop(), name="settle"),
         ]
 
     def _new_node(self, role: Role, peers: list[str]) -> RaftNode:
@@ -199,6 +200,16 @@ class Store:
             await asyncio.sleep(0.02)
         self._unsettled_since = None
         return True
+
+    async def _settle_loop(self) -> None:
+        """Track unsettled spells even while nobody reads, so each new spell gets its wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.settled():
+                self._unsettled_since = None
+            elif self._unsettled_since is None:
+                self._unsettled_since = loop.time()
+            await asyncio.sleep(0.1)
 
     def _read(self) -> tuple[threading.RLock, State]:
         sm = self._serving
