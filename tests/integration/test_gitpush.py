@@ -41,6 +41,23 @@ CANCEL_BOUND = 2.0
 __all__ = ["gateway", "ssh_git"]  # fixtures of test_builds used here
 
 
+def git_env(home: Path, rc: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for the real `git` and `flynn`: no system or user git config but
+    ``home``'s, no prompts, a fixed author, and the CLI's rc file."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "FLYNNRC": str(rc),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        **extra,
+    }
+
+
 @dataclass
 class Env:
     work: Path
@@ -52,19 +69,7 @@ class Env:
     pushes: dict[str, str] = field(default_factory=dict)  # app -> output of its last push
 
     def environ(self) -> dict[str, str]:
-        env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(self.work / "home"),
-            "FLYNNRC": str(self.rc),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@example.com",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.com",
-            "LANG": "C",
-        }
-        return env
+        return git_env(self.work / "home", self.rc, LANG="C")
 
     def run(
         self, *argv: str, cwd: Path | None = None, timeout: float = 300

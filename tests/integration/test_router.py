@@ -39,6 +39,7 @@ from cryptography.x509.oid import NameOID
 from tests.integration.conftest import REPO, ClusterHandle
 from tests.integration.test_apps import TarballServer, checked, make_tarball
 from tests.integration.test_apps import flynn as run_flynn
+from tests.integration.test_gitpush import git_env
 
 BOOTSTRAP = True  # the whole platform, routers included (see conftest.cluster)
 APP_DIR = REPO / "tests/apps/router-echo"
@@ -241,18 +242,7 @@ def test_git_push_over_https_through_the_routers_trusts_the_cluster_ca(
     assert ca_file.read_text().strip() == creds["ca_cert"].strip()
     repo = workdir / "https-push"
     shutil.copytree(REPO / "tests/apps/static-site", repo)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(workdir / "home"),
-        "FLYNNRC": str(flynn.rc),
-        "FLYNN_RESOLVE": flynn.resolve,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
+    env = git_env(workdir / "home", flynn.rc, FLYNN_RESOLVE=flynn.resolve)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(

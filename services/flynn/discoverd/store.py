@@ -403,12 +403,20 @@ class Store:
             self._loop.call_soon_threadsafe(self._dispatch_resync)
 
     def _on_raft_state(self, old: int, new: int) -> None:
+        node = self.node
+        if new == 1 and node is not None:  # journalctl shows when and how often elections ran
+            log.info("no leader heard from: standing for election in term %d", node.term())
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._leadership, new == 2)
 
     def _leadership(self, leader: bool) -> None:
         if leader:
-            log.info("this node is the Raft leader; expiry starts after a %gs grace period", self.ttl)
+            term = self.node.term() if self.node is not None else 0
+            log.info(
+                "this node is the Raft leader (term %d); expiry starts after a %gs grace period",
+                term,
+                self.ttl,
+            )
             self._leader_since = time.monotonic()
             self._leader_seen = {}
             if self._loop is not None and (self._marker is None or self._marker.done()):
