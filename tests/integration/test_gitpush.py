@@ -32,6 +32,7 @@ import pytest
 from tests.buildfakes import BlobServer
 from tests.integration.conftest import REPO, ClusterHandle
 from tests.integration.test_builds import SshGit, gateway, serve_packages, ssh_git
+from tests.unit.gitreceive_fakes import git_env as unit_git_env
 
 BOOTSTRAP = True
 pytestmark = pytest.mark.slow
@@ -42,20 +43,9 @@ __all__ = ["gateway", "ssh_git"]  # fixtures of test_builds used here
 
 
 def git_env(home: Path, rc: Path, **extra: str) -> dict[str, str]:
-    """A clean environment for the real `git` and `flynn`: no system or user git config but
-    ``home``'s, no prompts, a fixed author, and the CLI's rc file."""
-    return {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "FLYNNRC": str(rc),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-        **extra,
-    }
+    """The unit tests' clean environment for the real `git` (tests/unit/gitreceive_fakes.py)
+    plus the CLI's rc file."""
+    return {**unit_git_env(home), "FLYNNRC": str(rc), **extra}
 
 
 @dataclass
@@ -69,7 +59,7 @@ class Env:
     pushes: dict[str, str] = field(default_factory=dict)  # app -> output of its last push
 
     def environ(self) -> dict[str, str]:
-        return git_env(self.work / "home", self.rc, LANG="C")
+        return git_env(self.work / "home", self.rc)
 
     def run(
         self, *argv: str, cwd: Path | None = None, timeout: float = 300
