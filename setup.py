@@ -16,6 +16,7 @@ build: it is a bug to fix, not a reason to ship slower code silently.
 from __future__ import annotations
 
 import atexit
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -59,15 +60,22 @@ class BuildRouterExt(build_ext):
 
     digest = ""
     c_dir = ""
+    reuse: Path | None = None  # an in-tree build of exactly these sources, copied instead of compiled
 
     def finalize_options(self) -> None:
-        if self.c_dir:  # finalized once already
+        if self.c_dir or self.reuse:  # finalized once already
             super().finalize_options()
             return
         native = _native()
+        self.digest = native.source_digest(HERE / ROUTER_SRC)  # of the sources about to be compiled
+        if not self.inplace:
+            self.reuse = _reusable_build(native, self.digest)
+            if self.reuse is not None:
+                print(f"setup.py: {self.reuse} was built from these sources: copied", file=sys.stderr)
+                super().finalize_options()
+                return
         from mypyc.build import mypycify
 
-        self.digest = native.source_digest(HERE / ROUTER_SRC)  # of the sources about to be compiled
         build_dir = HERE / "build"
         self.c_dir = tempfile.mkdtemp(prefix="mypyc-", dir=build_dir if build_dir.is_dir() else None)
         atexit.register(shutil.rmtree, self.c_dir, ignore_errors=True)  # the generated C
@@ -98,6 +106,9 @@ class BuildRouterExt(build_ext):
         native = _native()
         out_dir = self._native_dir(native)
         shutil.rmtree(out_dir, ignore_errors=True)  # no module of an older build may linger
+        if self.reuse is not None:
+            shutil.copytree(self.reuse, out_dir, ignore=shutil.ignore_patterns(".gitignore"))
+            return
         out_dir.mkdir(parents=True)
         super().run()
         manifest = {
@@ -116,6 +127,28 @@ class BuildRouterExt(build_ext):
         if self.inplace:
             return HERE / "services" / rel
         return Path(self.build_lib) / rel
+
+
+def _reusable_build(native: Any, digest: str) -> Path | None:
+    """The in-tree build (``setup.py build_ext --inplace``, run by scripts/setup) when it was
+    compiled from exactly these sources by this Python and this mypy: the same input gives the
+    same C code, so a wheel (the host image's) can take its modules instead of compiling again."""
+    in_tree: Path = HERE / ROUTER_SRC / str(native.DIR_NAME)
+    try:
+        manifest = json.loads((in_tree / native.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    names = [*native.COMPILED, native.GROUP.rsplit(".", 1)[1] + "__mypyc"]
+    if (
+        manifest.get("digest") == digest
+        and manifest.get("python") == sys.version.split()[0]
+        and manifest.get("mypy") == _mypy_version()
+        and manifest.get("modules") == list(native.COMPILED)
+        and all((in_tree / f"{name}{suffix}").is_file() for name in names)
+    ):
+        return in_tree
+    return None
 
 
 def _mypy_version() -> str:

@@ -63,8 +63,18 @@ def run(
 
 
 # directories of generated files, never inputs: bytecode, mypy's cache, the router's in-place
-# mypyc build (setup.py build_ext --inplace)
+# mypyc build (setup.py build_ext --inplace), and the egg-info that building the wheel (re)writes
+# into services/ (counting it made every second image build after a fresh clone rebuild the app
+# layer for nothing)
 BUILD_OUTPUTS = frozenset({"__pycache__", ".mypy_cache", "_mypyc"})
+
+
+def _generated(f: Path) -> bool:
+    return (
+        bool(BUILD_OUTPUTS.intersection(f.parts))
+        or any(part.endswith(".egg-info") for part in f.parts)
+        or f.suffix in {".pyc", ".pyo"}
+    )
 
 
 def tree_hash(paths: Iterable[Path], *, extra: Iterable[str] = ()) -> str:
@@ -75,7 +85,7 @@ def tree_hash(paths: Iterable[Path], *, extra: Iterable[str] = ()) -> str:
     for root in sorted(paths):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            if BUILD_OUTPUTS.intersection(f.parts) or f.suffix in {".pyc", ".pyo"}:
+            if _generated(f):
                 continue
             digest.update(str(f.relative_to(REPO)).encode() + b"\0")
             digest.update(f.read_bytes())

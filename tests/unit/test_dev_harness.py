@@ -11,7 +11,7 @@ from flynn_dev import cluster, image, netns, util
 @pytest.fixture
 def fake_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for d in ("services", "units", "appliance"):
-        shutil.copytree(util.REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(util.REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "_mypyc"))
     shutil.copy2(util.REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     monkeypatch.setattr(util, "REPO", tmp_path)
     monkeypatch.setattr(image, "REPO", tmp_path)
@@ -43,6 +43,19 @@ def test_keys_ignore_bytecode(fake_repo: Path) -> None:
     cache = fake_repo / "services/flynn/__pycache__"
     cache.mkdir(exist_ok=True)
     (cache / "x.cpython-311.pyc").write_bytes(b"\0")
+    assert image.app_key() == app
+
+
+def test_keys_ignore_what_building_the_wheel_writes(fake_repo: Path) -> None:
+    # `pip wheel` (re)writes services/flynn.egg-info; counting it rebuilt the app layer on the
+    # second build after a fresh clone although nothing had changed
+    app = image.app_key()
+    info = fake_repo / "services/flynn.egg-info"
+    info.mkdir(exist_ok=True)
+    (info / "SOURCES.txt").write_text("flynn/__init__.py\n")
+    mypyc = fake_repo / "services/flynn/router/_mypyc"
+    mypyc.mkdir(exist_ok=True)
+    (mypyc / "http1.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
     assert image.app_key() == app
 
 
