@@ -56,6 +56,8 @@ in
     environment.systemPackages = [ cfg.package ];
 
     # systemd.packages does not process [Install] sections: enable the units here.
+    # Build directories a power cut left behind go at boot, before flynn-host starts jobs.
+    systemd.services.flynn-build-cleanup.wantedBy = [ "multi-user.target" ];
     systemd.services.flynn-host = {
       wantedBy = [ "multi-user.target" ];
       environment =

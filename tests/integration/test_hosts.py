@@ -148,6 +148,16 @@ def test_power_cut_and_start_keeps_host_state(cluster: ClusterHandle) -> None:
     before = cluster.host_status("host3")
     marker = cluster.exec("host3", "sh", "-c", "echo kept > /var/lib/flynn/marker && sync")
     assert marker.rc == 0
+    # what a build job cut off by the power leaves: its StateDirectory and systemd's symlink
+    build = "/var/lib/private/flynn-build/job1"
+    stale = cluster.exec(
+        "host3",
+        "sh",
+        "-c",
+        f"mkdir -p -m 0700 {build}/app && echo x > {build}/app/f && mkdir -p /var/lib/flynn-build"
+        " && ln -s ../private/flynn-build/job1 /var/lib/flynn-build/job1 && sync",
+    )
+    assert stale.rc == 0, stale.err
     res = cluster.cli("kill", "host3")
     assert res.rc == 0, res.err
     assert cluster.exec("host1", "curl", "-s", "-m", "2", "http://host3:1113/host/status").rc != 0
@@ -160,6 +170,11 @@ def test_power_cut_and_start_keeps_host_state(cluster: ClusterHandle) -> None:
     assert after["machine_id"] == before["machine_id"]
     assert after["booted_at"] > before["booted_at"]  # and it really rebooted
     assert cluster.exec("host3", "cat", "/var/lib/flynn/marker").out == "kept\n"
+    # the leftover build directory went at boot, before flynn-host could start a job
+    left = cluster.exec("host3", "ls", "-A", "/var/lib/private", "/var/lib")
+    assert "flynn-build" not in left.out, left.out
+    cleanup = cluster.exec("host3", "systemctl", "show", "-p", "Result,ActiveState", "flynn-build-cleanup")
+    assert sorted(cleanup.out.split()) == ["ActiveState=active", "Result=success"], cleanup.out
     # the other hosts reach it again
     status = cluster.exec("host1", "curl", "-sf", "http://host3:1113/host/status")
     assert json.loads(status.out)["id"] == "host3"

@@ -600,7 +600,14 @@ def answer_env(env: dict[str, str]) -> str:
 
 
 def test_units_verify(cluster: ClusterHandle) -> None:
-    res = cluster.exec(HOST, "systemd-analyze", "verify", "flynn-host.service", "flynn-jobs.slice")
+    res = cluster.exec(
+        HOST,
+        "systemd-analyze",
+        "verify",
+        "flynn-host.service",
+        "flynn-jobs.slice",
+        "flynn-build-cleanup.service",
+    )
     assert res.rc == 0, res.err
     assert (
         cluster.exec(HOST, "systemctl", "show", "flynn-jobs.slice", "-p", "LoadState").out.strip()
