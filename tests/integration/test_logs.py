@@ -316,6 +316,46 @@ def test_a_syslog_sink_gets_every_line_and_survives_its_receiver_dying(
         receiver.stop()
 
 
+def test_a_crashed_sink_leader_is_succeeded_without_losing_lines(
+    cluster: ClusterHandle, rc: Path, api: Client, gateway: str
+) -> None:
+    receiver = SyslogReceiver(host=gateway).start()
+    try:
+        out = ok(rc, "cluster", "log-sink", "add", "syslog", f"syslog://{gateway}:{receiver.port}")
+        sink_id = out.split()[2]
+        wait_until("the aggregator leader to connect", lambda: sink_status(api, sink_id).get("connected"), 60)
+        job = run_detached(rc, "python3", "/app/burst.py", "D", "200")
+        wait_until("the first lines", lambda: len(set(burst_lines(receiver, "D"))) >= 200, 60)
+        leader = cluster.api("host1").get("/services/logaggregator/leader")
+        host = next(h for h in cluster.hosts if leader["addr"].startswith(cluster.ip(h) + ":"))
+        # the leader's process dies (a crash): nobody ships until discoverd expires it and
+        # another instance leads; the app goes on writing meanwhile
+        res = cluster.exec(host, "systemctl", "kill", "--signal=KILL", "flynn-logaggregator.service")
+        assert res.rc == 0, res.err
+        job = run_detached(rc, "python3", "/app/burst.py", "E", "3000")
+        wait_until("the burst to end", lambda: job_done(rc, job), 60)
+
+        def new_leader() -> bool:
+            try:
+                return bool(cluster.api("host1").get("/services/logaggregator/leader")["id"] != leader["id"])
+            except Exception:
+                return False
+
+        t0 = time.monotonic()
+        wait_until("another aggregator to lead", new_leader, 90)
+        wait_until("every line written meanwhile", lambda: len(set(burst_lines(receiver, "E"))) >= 3000, 90)
+        print(f"the new leader shipped the lines {time.monotonic() - t0:.1f}s after it was elected")
+        got = burst_lines(receiver, "E")
+        assert sorted(set(got)) == list(range(3000))
+        assert got == sorted(got)  # in order (a line may come twice: at least once)
+        assert sorted(set(burst_lines(receiver, "D"))) == list(range(200))
+        print(f"duplicates: {len(got) - 3000} of E, {len(burst_lines(receiver, 'D')) - 200} of D")
+        assert receiver.errors == []
+        ok(rc, "cluster", "log-sink", "remove", sink_id)
+    finally:
+        receiver.stop()
+
+
 # -- the aggregators restart -------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from flynn.discoverd.client import Client as DiscoverdClient
 from flynn.discoverd.client import Registration
 from flynn.host import logs as host_logs
 from flynn.host.logs import HostLogs, JobIdentity
-from flynn.logs import sinks
+from flynn.logs import daemon, sinks
 from flynn.logs.config import AggregatorConfig
 from flynn.logs.daemon import Aggregator
 from flynn.logs.sinks import SinkConfig
@@ -264,3 +264,64 @@ async def test_a_host_that_leaves_discoverd_is_resumed_where_it_was(world: World
         await eventually("the lines written while it was away, once each", back)
     finally:
         await agg.close()
+
+
+async def test_a_new_leader_ships_what_the_old_one_had_not(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinks, "MIN_DELAY", 0.05)
+    monkeypatch.setattr(sinks, "MAX_DELAY", 0.2)
+    monkeypatch.setattr(daemon, "PUBLISH_EVERY", 0.05)
+    h1, h2, h3 = world.hosts
+    world.write(h1, "backlog")  # before any leader: never this sink's
+    receiver = SyslogReceiver().start()
+    sink = [SinkConfig.from_api({"id": "s1", "kind": "syslog", "url": f"syslog://127.0.0.1:{receiver.port}"})]
+    first = await started(world.cfg)
+    second = await started(world.cfg)
+    closed: list[Aggregator] = []
+    try:
+        assert first.leader
+        assert not second.leader
+        for agg in (first, second):
+            await agg.sinks.configure(sink)
+        world.write(h1, "l1")
+        world.write(h2, "l2")
+
+        async def shipped(n: int) -> bool:
+            return receiver.count() >= n
+
+        await eventually("the first lines", lambda: shipped(2))
+
+        async def published() -> bool:
+            meta = await world.discoverd.get_meta("logaggregator")
+            hosts = ((meta.get("data") or {}).get("sinks") or {}).get("s1", {}).get("hosts", {})
+            return set(hosts) == {"host1", "host2"}
+
+        await eventually("the positions in discoverd", published)
+        # the leader stops shipping (as a crashed one does) while lines keep coming, from a host
+        # it never delivered from too; only then does the other instance lead
+        await first.sinks.activate(False)
+        world.write(h2, "l3")
+        world.write(h3, "l4")
+        await eventually("the lines in the other buffers", lambda: has_lines(second, 4))
+        await first.close()
+        closed.append(first)
+
+        async def took_over() -> bool:
+            return second.leader and receiver.count() >= 4
+
+        await eventually("the new leader to ship the lines", took_over)
+        world.write(h1, "l5")
+        await eventually("a live line after them", lambda: shipped(5))
+        await asyncio.sleep(0.3)
+        assert [m.msg for m in receiver.messages] == ["l1", "l2", "l3", "l4", "l5"]  # once each, in order
+        assert second.sinks.status()[0]["replayed"] == 2
+    finally:
+        for agg in (first, second):
+            if agg not in closed:
+                await agg.close()
+        receiver.stop()
+
+
+async def has_lines(agg: Aggregator, n: int) -> bool:
+    return len(await get_log(agg)) >= n + 1  # + the backlog line

@@ -257,3 +257,52 @@ async def test_the_sink_set_follows_config_and_leadership(receiver: SyslogReceiv
     await s.configure([])  # removed
     assert s.status() == []
     await s.close()
+
+
+# -- resuming another leader's position ------------------------------------------------------------
+
+
+def test_a_record_from_discoverd_is_checked_not_trusted() -> None:
+    assert sinks.parse_record({"hosts": {"host1": 5, "host2": "x", "host3": True}, "since": 2}) == (
+        {"host1": 5},
+        2,
+    )
+    junk: list[object] = [None, [], {"hosts": {}}, {"hosts": [], "since": 1}, {"hosts": {}, "since": "1"}]
+    for entry in junk:
+        assert sinks.parse_record(entry) is None
+
+
+def test_resume_ships_what_was_not_delivered_once_and_oldest_first() -> None:
+    shipper = Shipper(config(1), capacity=100)
+    queued = line("kept from an earlier leadership", ts=TS + 40)
+    shipper.offer(queued)
+    backlog = [
+        line("delivered already", ts=TS + 10),
+        line("h1 after its position", ts=TS + 30),
+        line("h2 after since", ts=TS + 25, host_id="host2"),
+        line("h2 before since", ts=TS + 5, host_id="host2"),
+        line("a platform line", ts=TS + 50, system=True, app_id=None, app_name="controller"),
+        queued,
+    ]
+    assert shipper.resume({"host1": TS + 10}, TS + 20, backlog) == 2
+    assert [x.msg for x in shipper.queue] == [queued.msg, "h2 after since", "h1 after its position"]
+    assert shipper.positions == {"host1": TS + 10}
+    assert shipper.since == TS + 20
+    assert shipper.status()["replayed"] == 2
+
+
+async def test_the_sink_set_records_positions_and_resumes_from_a_record(receiver: SyslogReceiver) -> None:
+    backlog = [line("old", ts=TS), line("newer", ts=TS + 1)]
+    s = SinkSet(capacity=10, backlog=lambda: backlog)
+    await s.configure([config(receiver.port)])
+    assert s.record() == {"s1": {"hosts": {}, "since": TS + 1}}  # the buffered lines are not its own
+    await s.activate(
+        True, {"s1": {"hosts": {"host1": TS}, "since": TS - 1}, "gone": {"hosts": {}, "since": 0}}
+    )
+    await until("the line the last leader had not delivered", lambda: receiver.count() == 1)
+    assert receiver.messages[0].msg == "newer"
+    s.offer(line("live", ts=TS + 2, host_id="host2"))
+    await until("the live line", lambda: receiver.count() == 2)
+    await until("its position", lambda: s.record()["s1"]["hosts"] == {"host1": TS + 1, "host2": TS + 2})
+    assert s.record()["s1"]["since"] == TS - 1
+    await s.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from flynn.logs.model import Line
@@ -129,6 +129,12 @@ class Buffers:
             subs.discard(sub)
             if not subs:
                 del self.subs[sub.key]
+
+    def lines(self) -> Iterator[Line]:
+        """Every kept line, app by app (each app's in merge order)."""
+        for buf in self.apps.values():
+            for entry in buf.entries:
+                yield entry[2]
 
     def total(self) -> int:
         return sum(len(b) for b in self.apps.values())

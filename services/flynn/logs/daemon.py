@@ -4,8 +4,10 @@ Start-up: read the configuration (a bad one exits with a one-line reason), serve
 every host's journal and wait (bounded) until each host known to discoverd has sent its backlog,
 so a restarted aggregator answers with everything journald still has; then register in discoverd
 as ``logaggregator`` and tell systemd READY=1. The discoverd leader of ``logaggregator`` ships
-the lines to the sinks; the others only keep buffers. SIGTERM deregisters (the next instance
-leads at once) and exits.
+the lines to the sinks; the others only keep buffers. While it leads it publishes, every
+:data:`PUBLISH_EVERY` seconds, how far each sink got (per host, the newest line delivered) as the
+``logaggregator`` service meta in discoverd (Raft: it outlives the leader); a new leader resumes
+from there (flynn.logs.sinks). SIGTERM deregisters (the next instance leads at once) and exits.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from flynn.logs.sinks import SinkSet
 
 log = logging.getLogger("flynn.logaggregator")
 
+PUBLISH_EVERY = 1.0  # seconds between publications of the sinks' positions (when they moved)
+
 
 async def register(discoverd: DiscoverdClient, addr: str) -> Registration:
     delay = 0.5
@@ -56,12 +60,13 @@ class Aggregator:
         self.session = aiohttp.ClientSession()
         self.discoverd = DiscoverdClient(list(cfg.discoverd_urls), session=self.session)
         self.buffers = Buffers(cfg.lines)
-        self.sinks = SinkSet(cfg.sink_buffer)
+        self.sinks = SinkSet(cfg.sink_buffer, backlog=self.buffers.lines)
         self.followers = HostFollowers(
             self.discoverd, self.session, self.buffers, self.sinks.offer, lines=cfg.lines
         )
         self.sink_source = SinkSource(self.discoverd, self.session, cfg.controller_key, self.sinks.configure)
         self.registration: Registration | None = None
+        self._meta_index = 0  # of the logaggregator service meta (compare-and-set)
         self.ready = False
         self.tasks: list[asyncio.Task[Any]] = []
         api = LogAPI(self.buffers, self.status, self.sink_status)
@@ -106,18 +111,61 @@ class Aggregator:
 
     async def _leadership(self, reg: Registration) -> None:
         active: bool | None = None
+        publisher: asyncio.Task[None] | None = None
+        try:
+            while True:
+                now = reg.is_leader
+                if now != active:
+                    log.info(
+                        "%s: %s",
+                        "leader: shipping lines to the sinks" if now else "not the leader",
+                        self.announce,
+                    )
+                    if now:
+                        meta = await self._read_positions()
+                        await self.sinks.activate(True, meta.get("sinks") if meta else None)
+                        publisher = asyncio.get_running_loop().create_task(self._publish(), name="positions")
+                    else:
+                        if publisher is not None:
+                            publisher.cancel()
+                            publisher = None
+                        await self.sinks.activate(False)
+                    sdnotify.status(f"{'leader' if now else 'follower'}; API on {self.announce}")
+                    active = now
+                await reg.wait_leader_change()
+        finally:
+            if publisher is not None:
+                publisher.cancel()
+
+    async def _read_positions(self) -> dict[str, Any] | None:
+        """The sinks' positions the previous leader published (None: none, or unreadable)."""
+        try:
+            async with asyncio.timeout(5):
+                meta = await self.discoverd.get_meta(SERVICE)
+        except (APIError, TimeoutError) as exc:
+            log.warning("cannot read the sinks' last positions (%s): shipping from now on", exc)
+            return None
+        self._meta_index = int(meta.get("index") or 0)
+        data = meta.get("data")
+        return data if isinstance(data, dict) else None
+
+    async def _publish(self) -> None:
+        """While leading: the sinks' positions to the service meta, when they moved."""
+        last: dict[str, Any] | None = None
         while True:
-            now = reg.is_leader
-            if now != active:
-                log.info(
-                    "%s: %s",
-                    "leader: shipping lines to the sinks" if now else "not the leader",
-                    self.announce,
-                )
-                await self.sinks.activate(now)
-                sdnotify.status(f"{'leader' if now else 'follower'}; API on {self.announce}")
-                active = now
-            await reg.wait_leader_change()
+            await asyncio.sleep(PUBLISH_EVERY)
+            record = self.sinks.record()
+            if record == last:
+                continue
+            try:
+                meta = await self.discoverd.set_meta(SERVICE, {"sinks": record}, self._meta_index)
+                self._meta_index = int(meta.get("index") or 0)
+                last = record
+            except APIError as exc:
+                log.info("publishing the sinks' positions: %s", exc)
+                if exc.status == 409:  # written by someone else meanwhile (an old leader): re-read
+                    with contextlib.suppress(APIError):
+                        self._meta_index = int((await self.discoverd.get_meta(SERVICE)).get("index") or 0)
 
     async def close(self) -> None:
         for task in self.tasks:

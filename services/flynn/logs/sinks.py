@@ -8,6 +8,13 @@ the buffer is full the oldest line is dropped and counted. A batch that could no
 put back in front, so a line is dropped only by the buffer bound (or lost in the kernel's send
 buffer when the peer dies after accepting the write: TCP syslog has no acknowledgements).
 ``delivered`` counts lines written to the connection.
+
+A leader change does not lose lines (docs/logs.md "Log sinks"): each shipper knows, per host, the
+timestamp of the newest line it delivered (:attr:`Shipper.positions`) and since when it ships
+(:attr:`Shipper.since`); the leader publishes them (:meth:`SinkSet.record`) and a new leader
+resumes from the last record it finds: every line of its buffers newer than its host's position
+(or than ``since``, for a host none was delivered from) is shipped first. At least once: lines
+delivered after the last record are shipped again.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,8 +43,27 @@ MIN_DELAY, MAX_DELAY = 0.25, 5.0
 DEFAULT_PORTS = {"syslog": 514, "syslog+tls": 6514}
 
 
+Positions = dict[str, int]  # host id -> ts (µs) of the newest line delivered from that host
+
+
 class BadSink(ValueError):
     pass
+
+
+def parse_record(entry: Any) -> tuple[Positions, int] | None:
+    """A sink's published position (``{"hosts": {HOST: TS}, "since": TS}``), or None when it is
+    not one (a record is data from discoverd: anything else is ignored, not trusted)."""
+    if not isinstance(entry, dict):
+        return None
+    hosts, since = entry.get("hosts"), entry.get("since")
+    if not isinstance(hosts, dict) or not isinstance(since, int) or isinstance(since, bool):
+        return None
+    positions = {
+        h: ts
+        for h, ts in hosts.items()
+        if isinstance(h, str) and isinstance(ts, int) and not isinstance(ts, bool)
+    }
+    return positions, since
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,9 @@ class Shipper:
     connects: int = 0
     error: str | None = None
     last_drop: float | None = None
+    replayed: int = 0  # lines a resumed leadership shipped again from the buffers
+    positions: Positions = field(default_factory=dict)
+    since: int = 0  # ts of the newest line buffered when shipping began: older ones were never its
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _inflight: list[Line] = field(default_factory=list)
@@ -138,8 +167,39 @@ class Shipper:
             "dropped": self.dropped,
             "buffered": len(self.queue) + len(self._inflight),
             "capacity": self.capacity,
+            "replayed": self.replayed,
             "error": self.error,
         }
+
+    def resume(self, positions: Positions, since: int, backlog: Iterable[Line]) -> int:
+        """Take over from an earlier leader's record: ship every line of ``backlog`` it had not
+        delivered (newer than its host's position, or than ``since``), oldest first."""
+        self.since = since
+        for host, ts in positions.items():
+            if ts > self.positions.get(host, 0):
+                self.positions[host] = ts
+        queued = {*self.queue, *self._inflight}  # kept from an earlier leadership of this process
+        pending = sorted(
+            (
+                line
+                for line in backlog
+                if not line.system
+                and line.ts > self.positions.get(line.host_id, since)
+                and line not in queued
+            ),
+            key=lambda line: line.ts,
+        )
+        for line in pending:
+            self.offer(line)
+        self.replayed += len(pending)
+        return len(pending)
+
+    def _delivered(self, lines: list[Line]) -> None:
+        self.delivered += len(lines)
+        positions = self.positions
+        for line in lines:
+            if line.ts > positions.get(line.host_id, 0):
+                positions[line.host_id] = line.ts
 
     async def run(self) -> None:
         delay = MIN_DELAY
@@ -215,7 +275,7 @@ class Shipper:
                 await asyncio.sleep(0)  # let a close the peer sent already be seen first
                 if closed.is_set():
                     break
-                self.delivered += len(self._inflight)
+                self._delivered(self._inflight)
                 self._inflight = []
             self.error = "the sink closed the connection"
         finally:
@@ -225,10 +285,12 @@ class Shipper:
 class SinkSet:
     """The shippers of the configured sinks; only the aggregator leader runs them."""
 
-    def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, capacity: int = DEFAULT_BUFFER, backlog: Callable[[], Iterable[Line]] = tuple) -> None:
         self.capacity = capacity
+        self.backlog = backlog  # every buffered line (the aggregator's buffers), for a resume
         self.shippers: dict[str, Shipper] = {}
         self.active = False
+        self.resume_from: dict[str, Any] = {}  # the record this leadership started from
 
     async def configure(self, sinks: Iterable[SinkConfig]) -> None:
         wanted = {s.id: s for s in sinks}
@@ -238,19 +300,44 @@ class SinkSet:
                 log.info("sink %s removed", sink_id)
         for sink_id, cfg in wanted.items():
             if sink_id not in self.shippers:
-                self.shippers[sink_id] = Shipper(cfg, self.capacity)
+                shipper = self.shippers[sink_id] = Shipper(cfg, self.capacity)
+                # in the lines' own clock (the hosts' journals), not this machine's
+                shipper.since = max((line.ts for line in self.backlog()), default=0)
                 log.info("sink %s: %s", sink_id, cfg.url)
                 if self.active:
-                    self.shippers[sink_id].start()
+                    self._resume(shipper)
+                    shipper.start()
 
-    async def activate(self, active: bool) -> None:
-        """Start (leader) or stop (not leader) shipping; a stopped shipper's buffer is kept."""
+    async def activate(self, active: bool, record: dict[str, Any] | None = None) -> None:
+        """Start (leader) or stop (not leader) shipping; a stopped shipper's buffer is kept.
+        ``record``: the positions the previous leader published (:meth:`record`), resumed from."""
         self.active = active
+        if active:
+            self.resume_from = record if isinstance(record, dict) else {}
         for shipper in self.shippers.values():
             if active:
+                self._resume(shipper)
                 shipper.start()
             else:
                 await shipper.stop()
+
+    def _resume(self, shipper: Shipper) -> None:
+        parsed = parse_record(self.resume_from.get(shipper.config.id))
+        if parsed is None:
+            return  # a sink no leader shipped to yet: it starts with the live lines
+        n = shipper.resume(*parsed, self.backlog())
+        log.info(
+            "sink %s: resumed from the last leader's position, %d buffered lines to ship",
+            shipper.config.id,
+            n,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What a successor resumes from: per sink, per host, the newest line delivered."""
+        return {
+            sink_id: {"hosts": dict(s.positions), "since": s.since}
+            for sink_id, s in sorted(self.shippers.items())
+        }
 
     def offer(self, line: Line) -> None:
         if not self.active or line.system:
