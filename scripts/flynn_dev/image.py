@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -224,13 +225,13 @@ def build_app(dest: Path, base: Path, build_id: str) -> None:
 
 
 def layers_in_use() -> set[Path]:
-    """App layers named by any cluster's state file (every cluster on this machine, not only ours)."""
+    """Layers (app and base) named by any cluster's state file (every cluster on this machine,
+    not only ours)."""
     found: set[Path] = set()
     for state in dev_home().glob("cluster-*/state.json"):
-        with contextlib.suppress(OSError, ValueError):
-            app = json.loads(state.read_text()).get("app")
-            if app:
-                found.add(Path(app))
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            recorded = json.loads(state.read_text())
+            found.update(Path(recorded[k]) for k in ("app", "base") if recorded.get(k))
     return found
 
 
@@ -240,6 +241,21 @@ def _gc_app_layers(keep: Path, in_use: set[Path]) -> None:
     for layer in layers[KEEP_APP_LAYERS:]:
         if layer != keep and layer not in in_use and layer.is_dir():
             shutil.rmtree(layer, ignore_errors=True)
+
+
+def _gc_base_layers(keep: Path, in_use: set[Path]) -> None:
+    """Base layers other than the current one go, with their app layers, unless a cluster's hosts
+    run on them (a base of ~0.5-1 GB per change of appliance/ used to stay forever)."""
+    in_use = in_use | layers_in_use()
+    used = {p.name.split("-")[1] for p in in_use if p.name.startswith("app-")}
+    for base in images_dir().glob("base-*"):
+        key = base.name.removeprefix("base-")
+        if base == keep or base in in_use or not re.fullmatch(r"[0-9a-f]{16}", key) or key[:8] in used:
+            continue
+        _log(f"removing the old base layer {base.name}")
+        shutil.rmtree(base, ignore_errors=True)
+        for app in images_dir().glob(f"app-{key[:8]}-*"):
+            shutil.rmtree(app, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -287,6 +303,7 @@ def _ensure(*, in_use: set[Path] | None, force: bool) -> Image:
         _log(f"app layer ready in {time.monotonic() - t0:.1f}s")
     os.utime(app)
     _gc_app_layers(app, in_use or set())
+    _gc_base_layers(base, in_use or set())
     return Image(base=base, app=app, build_id=build_id)
 
 

@@ -1,5 +1,6 @@
 """The cluster harness's own logic: image cache keys, argument checking, state files."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from flynn_dev import cluster, image, netns, util
 @pytest.fixture
 def fake_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for d in ("services", "units", "appliance"):
-        shutil.copytree(util.REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "_mypyc"))
+        shutil.copytree(
+            util.REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "_mypyc")
+        )
     shutil.copy2(util.REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     monkeypatch.setattr(util, "REPO", tmp_path)
     monkeypatch.setattr(image, "REPO", tmp_path)
@@ -117,3 +120,35 @@ def test_hosts_file_is_rewritten_in_place(tmp_path: Path) -> None:
     text = c.hosts_file.read_text()
     assert "host1" in text
     assert "host2" not in text
+
+
+def test_old_base_layers_go_unless_a_cluster_runs_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLYNN_DEV_HOME", str(tmp_path))
+    images = tmp_path / "images"
+    names = {
+        "current": "base-" + "a" * 16,
+        "old": "base-" + "b" * 16,
+        "run by a cluster": "base-" + "c" * 16,
+        "under a running app layer": "base-" + "d" * 16,
+        "being built": "base-" + "e" * 16 + ".tmp1",
+    }
+    for name in [*names.values(), "app-bbbbbbbb-1", "app-dddddddd-2", "app-aaaaaaaa-3"]:
+        (images / name / "usr").mkdir(parents=True)
+    (tmp_path / "cluster-x").mkdir()
+    (tmp_path / "cluster-x/state.json").write_text(
+        json.dumps({"base": str(images / names["run by a cluster"])})
+    )
+    image._gc_base_layers(images / names["current"], {images / "app-dddddddd-2"})
+    left = sorted(p.name for p in images.iterdir())
+    assert left == sorted(
+        [
+            names["current"],
+            names["run by a cluster"],
+            names["under a running app layer"],
+            names["being built"],
+            "app-dddddddd-2",
+            "app-aaaaaaaa-3",
+        ]
+    )
