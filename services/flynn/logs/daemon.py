@@ -142,10 +142,10 @@ class Aggregator:
         try:
             async with asyncio.timeout(5):
                 meta = await self.discoverd.get_meta(SERVICE)
-        except (APIError, TimeoutError) as exc:
+            self._meta_index = int(meta.get("index") or 0)
+        except (APIError, TimeoutError, TypeError, ValueError) as exc:
             log.warning("cannot read the sinks' last positions (%s): shipping from now on", exc)
             return None
-        self._meta_index = int(meta.get("index") or 0)
         data = meta.get("data")
         return data if isinstance(data, dict) else None
 
@@ -161,10 +161,10 @@ class Aggregator:
                 meta = await self.discoverd.set_meta(SERVICE, {"sinks": record}, self._meta_index)
                 self._meta_index = int(meta.get("index") or 0)
                 last = record
-            except APIError as exc:
+            except (APIError, TypeError, ValueError) as exc:
                 log.info("publishing the sinks' positions: %s", exc)
-                if exc.status == 409:  # written by someone else meanwhile (an old leader): re-read
-                    with contextlib.suppress(APIError):
+                if isinstance(exc, APIError) and exc.status == 409:  # an old leader wrote meanwhile
+                    with contextlib.suppress(APIError, TypeError, ValueError):
                         self._meta_index = int((await self.discoverd.get_meta(SERVICE)).get("index") or 0)
 
     async def close(self) -> None:
