@@ -328,23 +328,17 @@ def test_a_crashed_sink_leader_is_succeeded_without_losing_lines(
         wait_until("the first lines", lambda: len(set(burst_lines(receiver, "D"))) >= 200, 60)
         leader = cluster.api("host1").get("/services/logaggregator/leader")
         host = next(h for h in cluster.hosts if leader["addr"].startswith(cluster.ip(h) + ":"))
-        # the leader's process dies (a crash): nobody ships until discoverd expires it and
-        # another instance leads; the app goes on writing meanwhile
+        # the leader's process dies (a crash) and the app goes on writing: nobody ships until
+        # another instance leads (discoverd expires the dead one) or the restarted process
+        # (Restart=always, the same instance id) registers again and leads; either starts with
+        # empty shippers and must resume from the positions the dead one published
         res = cluster.exec(host, "systemctl", "kill", "--signal=KILL", "flynn-logaggregator.service")
         assert res.rc == 0, res.err
         job = run_detached(rc, "python3", "/app/burst.py", "E", "3000")
         wait_until("the burst to end", lambda: job_done(rc, job), 60)
-
-        def new_leader() -> bool:
-            try:
-                return bool(cluster.api("host1").get("/services/logaggregator/leader")["id"] != leader["id"])
-            except Exception:
-                return False
-
         t0 = time.monotonic()
-        wait_until("another aggregator to lead", new_leader, 90)
-        wait_until("every line written meanwhile", lambda: len(set(burst_lines(receiver, "E"))) >= 3000, 90)
-        print(f"the new leader shipped the lines {time.monotonic() - t0:.1f}s after it was elected")
+        wait_until("every line written meanwhile", lambda: len(set(burst_lines(receiver, "E"))) >= 3000, 120)
+        print(f"every line of the burst at the receiver {time.monotonic() - t0:.1f}s after it ended")
         got = burst_lines(receiver, "E")
         assert sorted(set(got)) == list(range(3000))
         assert got == sorted(got)  # in order (a line may come twice: at least once)
