@@ -130,35 +130,64 @@ class Cluster:
         if not 1 <= count <= MAX_HOSTS:
             raise DevError(f"host count must be 1-{MAX_HOSTS}, got {count}")
         with self.locked():
+            names = [f"host{i}" for i in range(1, count + 1)]
             state = self.state()
+            kept: ClusterState | None = None  # a cluster `down` stopped without --wipe
             if state is not None:
                 running = [h.name for h in self.all_hosts() if h.running()]
                 if running:
                     raise DevError(
                         f"cluster is already up ({' '.join(running)}); run `scripts/cluster down` first"
                     )
+                if state.hosts and state.hosts != names:
+                    raise DevError(
+                        f"the stopped cluster kept {len(state.hosts)} host(s): `scripts/cluster up "
+                        f"{len(state.hosts)}` starts them again, `scripts/cluster down --wipe` deletes them"
+                    )
+                kept = state if state.hosts else None
             image.check_tools()
             t0 = time.monotonic()
             img = image.ensure()
             print(f"cluster: image {img.build_id} ready ({time.monotonic() - t0:.1f}s)", flush=True)
-            names = [f"host{i}" for i in range(1, count + 1)]
             state = ClusterState(
                 hosts=names,
                 base=str(img.base),
                 app=str(img.app),
                 build_id=img.build_id,
                 subnet=str(self.subnet.network),
+                published=kept.published if kept is not None else [],
             )
             state.peers = [self._host(n).ip for n in names]
             state.save(self.state_file)
             self.write_hosts_file(names)
             netns.setup(self.subnet)
             self._boot([self._host(n) for n in names], state)
-            if discoverd_only:
+            if kept is not None and self._bootstrapped():
+                # the kept hosts hold the platform already: its units start it again from disk
+                self._wait_platform(self._host("host1"))
+                self._publish_names(state)
+            elif discoverd_only:
                 self._init_discoverd([self._host(n) for n in names], state)
             else:
                 self._bootstrap([self._host(n) for n in names], state)
                 self._publish_names(state)
+
+    def _bootstrapped(self) -> bool:
+        return self._host("host1").run(["test", "-f", "/etc/flynn/bootstrap.json"]).returncode == 0
+
+    def _wait_platform(self, host: Host, limit: float = 240.0) -> None:
+        """After a restart of a bootstrapped cluster: until the controller answers through the
+        host's router (what the CLI and git use)."""
+        t0 = time.monotonic()
+        name = f"controller.{self.domain}"
+        probe = ["curl", "-sfk", "-o", "/dev/null", "-m", "2", "--resolve", f"{name}:443:127.0.0.1"]
+        while host.run([*probe, f"https://{name}/status"]).returncode != 0:
+            if time.monotonic() - t0 > limit:
+                raise DevError(
+                    f"the restarted platform did not answer at https://{name}/ within {limit:.0f}s"
+                )
+            time.sleep(0.5)
+        print(f"cluster: kept state: the platform is back in {time.monotonic() - t0:.1f}s", flush=True)
 
     @property
     def domain(self) -> str:

@@ -132,8 +132,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     (`flynn-host bootstrap`: PostgreSQL, controllers, schedulers); the others only discoverd."""
     c = ClusterHandle(HOSTS)
     pre = c.cli("status", "--json")
-    if pre.rc == 0 and any(h["state"] != "stopped" for h in json.loads(pre.out)["hosts"]):
-        c.cli("down", "--wipe")  # a previous run that was cut off
+    if pre.rc == 0 and json.loads(pre.out)["hosts"]:
+        # a previous run that was cut off: running hosts, or stopped ones whose state `up` would
+        # start again instead of making a fresh cluster
+        c.cli("down", "--wipe")
     mode = [] if getattr(request.module, "BOOTSTRAP", False) else ["--discoverd-only"]
     res = c.cli("up", str(len(HOSTS)), *mode, timeout=1800)
     assert res.rc == 0, f"cluster up failed: {res.err or res.out}"

@@ -382,3 +382,27 @@ def test_no_secret_reached_a_platform_log(cluster: ClusterHandle) -> None:
             host, "sh", "-c", f"journalctl -u 'flynn-*' -o cat | grep -c {SECRET} || true", timeout=60
         )
         assert res.out.strip() == "0", f"{host}: {res.out}"
+
+
+# -- the whole cluster stopped and started again (last: it restarts every host) -------------------
+
+
+@pytest.mark.destructive
+def test_down_and_up_again_brings_the_platform_and_the_app_back(cluster: ClusterHandle, rc: Path) -> None:
+    before = cluster.host_status("host1")
+    res = cluster.cli("down")  # without --wipe: the hosts' state is kept
+    assert res.rc == 0, res.err
+    res = cluster.cli("up", "2")
+    assert res.rc != 0
+    assert "kept 3 host(s)" in res.err, res.err  # not another cluster over the kept one
+    res = cluster.cli("up", "3", timeout=900)
+    assert res.rc == 0, res.err or res.out
+    assert "kept state: the platform is back" in res.out, res.out
+    assert "bootstrap" not in res.out  # not bootstrapped a second time
+    after = cluster.host_status("host1")
+    assert after["created_at"] == before["created_at"]
+    assert after["booted_at"] > before["booted_at"]
+    assert APP in ok(rc, "apps")
+    wait_until(
+        "the app's lines, read back from the journals", lambda: len(log_lines(rc, "-n", "5")) == 5, 120
+    )
