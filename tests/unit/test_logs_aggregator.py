@@ -325,3 +325,50 @@ async def test_a_new_leader_ships_what_the_old_one_had_not(
 
 async def has_lines(agg: Aggregator, n: int) -> bool:
     return len(await get_log(agg)) >= n + 1  # + the backlog line
+
+
+async def test_an_orderly_handoff_ships_nothing_twice(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinks, "MIN_DELAY", 0.05)
+    monkeypatch.setattr(sinks, "MAX_DELAY", 0.2)
+    monkeypatch.setattr(daemon, "PUBLISH_EVERY", 0.05)
+    h1, _, _ = world.hosts
+    receiver = SyslogReceiver().start()
+    sink = [SinkConfig.from_api({"id": "s1", "kind": "syslog", "url": f"syslog://127.0.0.1:{receiver.port}"})]
+    first = await started(world.cfg)
+    second = await started(world.cfg)
+    closed: list[Aggregator] = []
+    try:
+        for agg in (first, second):
+            await agg.sinks.configure(sink)
+        world.write(h1, "l1")
+
+        async def published(msgs: int) -> bool:
+            meta = await world.discoverd.get_meta("logaggregator")
+            return bool(((meta.get("data") or {}).get("sinks") or {}).get("s1", {}).get("hosts")) and (
+                receiver.count() >= msgs
+            )
+
+        await eventually("l1 delivered and its position published", lambda: published(1))
+        monkeypatch.setattr(daemon, "PUBLISH_EVERY", 60.0)  # no periodic publication from now on
+        await asyncio.sleep(0.2)
+        world.write(h1, "l2")
+
+        async def delivered() -> bool:
+            return receiver.count() >= 2
+
+        await eventually("l2 delivered", delivered)
+        await first.close()  # SIGTERM: the last positions go out before it deregisters
+        closed.append(first)
+        world.write(h1, "l3")
+
+        async def shipped() -> bool:
+            return second.leader and receiver.count() >= 3
+
+        await eventually("the new leader to ship l3", shipped)
+        await asyncio.sleep(0.3)
+        assert [m.msg for m in receiver.messages] == ["l1", "l2", "l3"]
+    finally:
+        for agg in (first, second):
+            if agg not in closed:
+                await agg.close()
+        receiver.stop()

@@ -155,25 +155,35 @@ class Aggregator:
         while True:
             await asyncio.sleep(PUBLISH_EVERY)
             record = self.sinks.record()
-            if record == last:
-                continue
-            try:
-                meta = await self.discoverd.set_meta(SERVICE, {"sinks": record}, self._meta_index)
-                self._meta_index = int(meta.get("index") or 0)
+            if record != last and await self._publish_once(record):
                 last = record
-            except (APIError, TypeError, ValueError) as exc:
-                log.info("publishing the sinks' positions: %s", exc)
-                if isinstance(exc, APIError) and exc.status == 409:  # an old leader wrote meanwhile
-                    with contextlib.suppress(APIError, TypeError, ValueError):
-                        self._meta_index = int((await self.discoverd.get_meta(SERVICE)).get("index") or 0)
+
+    async def _publish_once(self, record: dict[str, Any]) -> bool:
+        try:
+            meta = await self.discoverd.set_meta(SERVICE, {"sinks": record}, self._meta_index)
+            self._meta_index = int(meta.get("index") or 0)
+            return True
+        except (APIError, TypeError, ValueError) as exc:
+            log.info("publishing the sinks' positions: %s", exc)
+            if isinstance(exc, APIError) and exc.status == 409:  # an old leader wrote meanwhile
+                with contextlib.suppress(APIError, TypeError, ValueError):
+                    self._meta_index = int((await self.discoverd.get_meta(SERVICE)).get("index") or 0)
+            return False
 
     async def close(self) -> None:
+        leading = self.sinks.active
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.sinks.close()
+        if leading:
+            # the last positions, so that the next leader (at once: we deregister below) does not
+            # ship again what was delivered since the last publication
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._publish_once(self.sinks.record())
         await self.followers.close()
         if self.registration is not None:
             with contextlib.suppress(Exception):
