@@ -254,6 +254,13 @@ def sink_status(api: Client, sink_id: str) -> dict[str, Any]:
     return dict(status) if status else {}
 
 
+def add_sink(rc: Path, api: Client, url: str) -> str:
+    """`flynn cluster log-sink add syslog URL`, once the aggregator leader is connected to it."""
+    sink_id = ok(rc, "cluster", "log-sink", "add", "syslog", url).split()[2]
+    wait_until("the aggregator leader to connect", lambda: sink_status(api, sink_id).get("connected"), 60)
+    return sink_id
+
+
 def burst_lines(receiver: SyslogReceiver, tag: str) -> list[int]:
     return [int(m.msg.split()[1]) for m in list(receiver.messages) if m.msg.startswith(f"{tag} ")]
 
@@ -263,9 +270,7 @@ def test_a_syslog_sink_gets_every_line_and_survives_its_receiver_dying(
 ) -> None:
     receiver = SyslogReceiver(host=gateway).start()
     try:
-        out = ok(rc, "cluster", "log-sink", "add", "syslog", f"syslog://{gateway}:{receiver.port}")
-        sink_id = out.split()[2]
-        wait_until("the aggregator leader to connect", lambda: sink_status(api, sink_id).get("connected"), 60)
+        sink_id = add_sink(rc, api, f"syslog://{gateway}:{receiver.port}")
         job = run_detached(rc, "python3", "/app/burst.py", "A", "500")
         wait_until("500 lines at the receiver", lambda: len(burst_lines(receiver, "A")) >= 500, 60)
         assert burst_lines(receiver, "A") == list(range(500))
@@ -321,9 +326,7 @@ def test_a_crashed_sink_leader_is_succeeded_without_losing_lines(
 ) -> None:
     receiver = SyslogReceiver(host=gateway).start()
     try:
-        out = ok(rc, "cluster", "log-sink", "add", "syslog", f"syslog://{gateway}:{receiver.port}")
-        sink_id = out.split()[2]
-        wait_until("the aggregator leader to connect", lambda: sink_status(api, sink_id).get("connected"), 60)
+        sink_id = add_sink(rc, api, f"syslog://{gateway}:{receiver.port}")
         job = run_detached(rc, "python3", "/app/burst.py", "D", "200")
         wait_until("the first lines", lambda: len(set(burst_lines(receiver, "D"))) >= 200, 60)
         leader = cluster.api("host1").get("/services/logaggregator/leader")

@@ -8,6 +8,7 @@ live lines (not the rebuilt backlog) are shipped to sinks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -266,24 +267,48 @@ async def test_a_host_that_leaves_discoverd_is_resumed_where_it_was(world: World
         await agg.close()
 
 
-async def test_a_new_leader_ships_what_the_old_one_had_not(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class Pair:
+    """Two aggregators on the same discoverd (the first leads), both with one sink."""
+
+    first: Aggregator
+    second: Aggregator
+    receiver: SyslogReceiver
+    first_closed: bool = False
+
+    async def close_first(self) -> None:
+        await self.first.close()
+        self.first_closed = True
+
+
+@contextlib.asynccontextmanager
+async def two_aggregators_with_a_sink(world: World, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
     monkeypatch.setattr(sinks, "MIN_DELAY", 0.05)
     monkeypatch.setattr(sinks, "MAX_DELAY", 0.2)
     monkeypatch.setattr(daemon, "PUBLISH_EVERY", 0.05)
-    h1, h2, h3 = world.hosts
-    world.write(h1, "backlog")  # before any leader: never this sink's
     receiver = SyslogReceiver().start()
     sink = [SinkConfig.from_api({"id": "s1", "kind": "syslog", "url": f"syslog://127.0.0.1:{receiver.port}"})]
-    first = await started(world.cfg)
-    second = await started(world.cfg)
-    closed: list[Aggregator] = []
+    pair = Pair(await started(world.cfg), await started(world.cfg), receiver)
     try:
+        for agg in (pair.first, pair.second):
+            await agg.sinks.configure(sink)
+        yield pair
+    finally:
+        if not pair.first_closed:
+            await pair.first.close()
+        await pair.second.close()
+        receiver.stop()
+
+
+async def test_a_new_leader_ships_what_the_old_one_had_not(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1, h2, h3 = world.hosts
+    world.write(h1, "backlog")  # before any leader: never this sink's
+    async with two_aggregators_with_a_sink(world, monkeypatch) as pair:
+        first, second, receiver = pair.first, pair.second, pair.receiver
         assert first.leader
         assert not second.leader
-        for agg in (first, second):
-            await agg.sinks.configure(sink)
         world.write(h1, "l1")
         world.write(h2, "l2")
 
@@ -304,8 +329,7 @@ async def test_a_new_leader_ships_what_the_old_one_had_not(
         world.write(h2, "l3")
         world.write(h3, "l4")
         await eventually("the lines in the other buffers", lambda: has_lines(second, 4))
-        await first.close()
-        closed.append(first)
+        await pair.close_first()
 
         async def took_over() -> bool:
             return second.leader and receiver.count() >= 4
@@ -316,11 +340,6 @@ async def test_a_new_leader_ships_what_the_old_one_had_not(
         await asyncio.sleep(0.3)
         assert [m.msg for m in receiver.messages] == ["l1", "l2", "l3", "l4", "l5"]  # once each, in order
         assert second.sinks.status()[0]["replayed"] == 2
-    finally:
-        for agg in (first, second):
-            if agg not in closed:
-                await agg.close()
-        receiver.stop()
 
 
 async def has_lines(agg: Aggregator, n: int) -> bool:
@@ -328,18 +347,9 @@ async def has_lines(agg: Aggregator, n: int) -> bool:
 
 
 async def test_an_orderly_handoff_ships_nothing_twice(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sinks, "MIN_DELAY", 0.05)
-    monkeypatch.setattr(sinks, "MAX_DELAY", 0.2)
-    monkeypatch.setattr(daemon, "PUBLISH_EVERY", 0.05)
     h1, _, _ = world.hosts
-    receiver = SyslogReceiver().start()
-    sink = [SinkConfig.from_api({"id": "s1", "kind": "syslog", "url": f"syslog://127.0.0.1:{receiver.port}"})]
-    first = await started(world.cfg)
-    second = await started(world.cfg)
-    closed: list[Aggregator] = []
-    try:
-        for agg in (first, second):
-            await agg.sinks.configure(sink)
+    async with two_aggregators_with_a_sink(world, monkeypatch) as pair:
+        second, receiver = pair.second, pair.receiver
         world.write(h1, "l1")
 
         async def published(msgs: int) -> bool:
@@ -357,8 +367,7 @@ async def test_an_orderly_handoff_ships_nothing_twice(world: World, monkeypatch:
             return receiver.count() >= 2
 
         await eventually("l2 delivered", delivered)
-        await first.close()  # SIGTERM: the last positions go out before it deregisters
-        closed.append(first)
+        await pair.close_first()  # SIGTERM: the last positions go out before it deregisters
         world.write(h1, "l3")
 
         async def shipped() -> bool:
@@ -367,8 +376,3 @@ async def test_an_orderly_handoff_ships_nothing_twice(world: World, monkeypatch:
         await eventually("the new leader to ship l3", shipped)
         await asyncio.sleep(0.3)
         assert [m.msg for m in receiver.messages] == ["l1", "l2", "l3"]
-    finally:
-        for agg in (first, second):
-            if agg not in closed:
-                await agg.close()
-        receiver.stop()
