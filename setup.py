@@ -16,7 +16,6 @@ build: it is a bug to fix, not a reason to ship slower code silently.
 from __future__ import annotations
 
 import atexit
-import importlib.machinery
 import importlib.util
 import json
 import os
@@ -138,14 +137,13 @@ def _reusable_build(native: Any, digest: str) -> Path | None:
         manifest = json.loads((in_tree / native.MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     names = [*native.COMPILED, native.GROUP.rsplit(".", 1)[1] + "__mypyc"]
     if (
         manifest.get("digest") == digest
         and manifest.get("python") == sys.version.split()[0]
         and manifest.get("mypy") == _mypy_version()
         and manifest.get("modules") == list(native.COMPILED)
-        and all((in_tree / f"{name}{suffix}").is_file() for name in names)
+        and all(native._built(in_tree, name) for name in names)  # what activate() checks too
     ):
         return in_tree
     return None

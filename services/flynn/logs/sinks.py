@@ -176,8 +176,7 @@ class Shipper:
         delivered (newer than its host's position, or than ``since``), oldest first."""
         self.since = since
         for host, ts in positions.items():
-            if ts > self.positions.get(host, 0):
-                self.positions[host] = ts
+            self._advance(host, ts)
         queued = {*self.queue, *self._inflight}  # kept from an earlier leadership of this process
         pending = sorted(
             (
@@ -196,10 +195,12 @@ class Shipper:
 
     def _delivered(self, lines: list[Line]) -> None:
         self.delivered += len(lines)
-        positions = self.positions
         for line in lines:
-            if line.ts > positions.get(line.host_id, 0):
-                positions[line.host_id] = line.ts
+            self._advance(line.host_id, line.ts)
+
+    def _advance(self, host: str, ts: int) -> None:
+        if ts > self.positions.get(host, 0):
+            self.positions[host] = ts
 
     async def run(self) -> None:
         delay = MIN_DELAY
