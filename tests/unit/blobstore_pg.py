@@ -17,13 +17,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flynn.blobstore.backends.postgres import PostgresBackend
 from tests.pg import PostgresServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = "blobstore"
+T = TypeVar("T")
 
 
 def dbname(url: str) -> str:
@@ -81,6 +82,39 @@ def open_reading_cursors(pg: PostgresServer, url: str) -> int:
         ).fetchone()
     assert row is not None
     return int(str(row[0]))
+
+
+def sessions(pg: PostgresServer, url: str) -> list[tuple[object, ...]]:
+    """(pid, state, wait event, waiting for pids, query) of every session of the database."""
+    with pg.superuser() as conn:
+        return list(
+            conn.execute(
+                "SELECT pid, state, wait_event_type || ':' || wait_event, pg_blocking_pids(pid),"
+                " left(query, 100) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname(url),),
+            )
+        )
+
+
+async def within(aw: Awaitable[T], pg: PostgresServer, url: str, what: str, timeout: float = 60.0) -> T:
+    """``await aw``; after ``timeout`` s fail with what the database sessions and the tasks were
+    doing at that moment (taken before ``aw`` is cancelled)."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait([task], timeout=timeout)
+    if task in done:
+        return task.result()
+    stacks = []
+    for other in asyncio.all_tasks():
+        frames = other.get_stack()
+        where = " -> ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
+        stacks.append(f"  {other.get_name()}: {where}")
+    lines = "\n".join(f"  {row}" for row in sessions(pg, url))
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise AssertionError(
+        f"{what} not done after {timeout}s\nsessions:\n{lines}\ntasks:\n" + "\n".join(stacks)
+    )
 
 
 async def wait_until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 30.0) -> None:

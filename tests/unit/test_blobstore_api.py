@@ -20,7 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flynn.blobstore.api import make_app, parse_range
-from flynn.blobstore.backends.postgres import PostgresBackend, available_migrations, migrate
+from flynn.blobstore.backends.postgres import (
+    PostgresBackend,
+    SweepTimeout,
+    available_migrations,
+    migrate,
+)
 from flynn.blobstore.paths import InvalidPath, validate_path
 from tests.pg import PostgresServer
 from tests.unit.blobstore_pg import (
@@ -30,6 +35,7 @@ from tests.unit.blobstore_pg import (
     open_reading_cursors,
     settled,
     wait_until,
+    within,
     writing_sessions,
 )
 
@@ -617,14 +623,39 @@ async def test_versions_left_marked_are_swept_by_any_instance(
         conn.execute("UPDATE files SET path = NULL, deleted_at = now()")
     others = [PostgresBackend(backend.url, pool_size=3, sweep_interval=3600) for _ in range(2)]
     for other in others:
-        await other.start()  # each sweeps at start; they race over the same rows
+        await within(other.start(), pg, backend.url, "starting another instance")
+        # (each sweeps at start too; they all race over the same rows)
     try:
-        removed = await asyncio.gather(*(other.sweep() for other in others), backend.sweep())
+        sweeps = asyncio.gather(*(other.sweep() for other in others), backend.sweep())
+        removed = await within(sweeps, pg, backend.url, "three instances sweeping")
         await settled(pg, backend.url, (0, 0))
         assert sum(removed) <= 3 * 3 + 3  # SKIP LOCKED: no row is counted twice
     finally:
         for other in others:
             await other.stop()
+
+
+async def test_a_sweep_blocked_on_a_lock_times_out_and_the_next_one_finishes(
+    pg: PostgresServer,
+) -> None:
+    async with fresh_backend(pg, sweep_interval=3600, sweep_timeout=0.5) as b:
+        await b.put("/stuck", _one_piece(b"x" * 10))
+        await wait_until(lambda: b.sweep_passes > 0, "the background sweeper's first pass")
+        with pg.superuser(dbname(b.url)) as locker:
+            # marked deleted behind the back of b's own sweeper task (which would wake up and
+            # claim the version for itself), and its chunk held by another session
+            locker.execute("UPDATE files SET path = NULL, deleted_at = now()")
+            with locker.transaction():
+                locker.execute("SELECT 1 FROM chunks FOR UPDATE")
+                with pytest.raises(SweepTimeout, match="ran over 500ms"):
+                    await within(b.sweep(), pg, b.url, "a sweep that should time out", timeout=20)
+        # the lock went with its transaction: this sweep removes the chunk and the version
+        assert await within(b.sweep(), pg, b.url, "the next sweep", timeout=20) == 2
+        await settled(pg, b.url, (0, 0))
+
+
+async def _one_piece(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 # -- the database going away ----------------------------------------------------------------------

@@ -15,7 +15,9 @@ instances starting together apply each migration once; recorded in ``blobstore_s
 * **The sweeper** (a task of every instance) removes the chunks of versions marked deleted, a
   few chunks per short transaction, claiming a version with ``FOR UPDATE SKIP LOCKED`` so
   instances never sweep the same one; woken when this instance marks something, and every
-  ``sweep_interval`` seconds to pick up what other instances (or a crash) left.
+  ``sweep_interval`` seconds to pick up what other instances (or a crash) left. Its statements
+  run under a ``statement_timeout`` (``sweep_timeout``), so a sweep that cannot finish fails and
+  is tried again instead of stalling the sweeper for good.
 * **GET** opens a ``REPEATABLE READ READ ONLY`` transaction: the ``files`` row and every chunk
   come from one snapshot, so a reader keeps the version it started with even when a writer
   replaces it meanwhile (MVCC keeps the deleted chunks for as long as the snapshot needs them).
@@ -59,6 +61,10 @@ SWEEP_BATCH = 32  # chunks removed per sweeper transaction
 # errors that mean "the database cannot be used right now" (answered 503, never 500)
 UNAVAILABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, PoolTimeout)
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class SweepTimeout(RuntimeError):
+    """A sweeper statement hit its statement_timeout (logged; the sweep is tried again later)."""
 
 
 def connect_options(timeout: float) -> dict[str, Any]:
@@ -198,6 +204,7 @@ class PostgresBackend(Backend):
         chunk_size: int = CHUNK_SIZE,
         prefetch: int = 1,
         sweep_interval: float = 30.0,
+        sweep_timeout: float | None = None,
     ) -> None:
         super().__init__(name)
         self.url = url
@@ -205,8 +212,12 @@ class PostgresBackend(Backend):
         self.chunk_size = chunk_size
         self.prefetch = prefetch
         self.sweep_interval = sweep_interval
+        # statement_timeout of the sweeper's statements (32 chunks take milliseconds)
+        limit = sweep_timeout if sweep_timeout is not None else max(timeout, 1.0) * 6
+        self._sweep_limit = f"{max(1, int(limit * 1000))}ms"
         self._sweep_wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self.sweep_passes = 0  # passes of the background sweeper so far (finished or failed)
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
             kwargs={"autocommit": True, **connect_options(timeout)},
@@ -347,22 +358,32 @@ class PostgresBackend(Backend):
         by other instances right now).
         """
         async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT id FROM files WHERE deleted_at IS NOT NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return 0
-            file_id = int(row[0])
-            cur = await conn.execute(
-                "DELETE FROM chunks WHERE file_id = %s AND seq IN"
-                " (SELECT seq FROM chunks WHERE file_id = %s ORDER BY seq LIMIT %s)",
-                (file_id, file_id, SWEEP_BATCH),
-            )
-            if cur.rowcount > 0:
-                return cur.rowcount
-            await conn.execute("DELETE FROM files WHERE id = %s", (file_id,))
-            return 1
+            try:
+                return await self._sweep_batch(conn)
+            except psycopg.errors.QueryCanceled:
+                # (caught here: _connection() would report it as the database being unavailable)
+                raise SweepTimeout(f"a sweeper statement ran over {self._sweep_limit}") from None
+
+    async def _sweep_batch(self, conn: Conn) -> int:
+        # bounded: a sweep that cannot finish fails (and is tried again later) instead of holding
+        # its connection, and this instance's sweeper, forever
+        await conn.execute("SELECT set_config('statement_timeout', %s, true)", (self._sweep_limit,))
+        cur = await conn.execute(
+            "SELECT id FROM files WHERE deleted_at IS NOT NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return 0
+        file_id = int(row[0])
+        cur = await conn.execute(
+            "DELETE FROM chunks WHERE file_id = %s AND seq IN"
+            " (SELECT seq FROM chunks WHERE file_id = %s ORDER BY seq LIMIT %s)",
+            (file_id, file_id, SWEEP_BATCH),
+        )
+        if cur.rowcount > 0:
+            return cur.rowcount
+        await conn.execute("DELETE FROM files WHERE id = %s", (file_id,))
+        return 1
 
     async def sweep(self) -> int:
         """Sweep until nothing is left; returns the rows removed."""
@@ -382,6 +403,7 @@ class PostgresBackend(Backend):
                 log.debug("sweeper: %s", exc)
             except Exception:
                 log.exception("sweeper failed; trying again later")
+            self.sweep_passes += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.sweep_interval):
                     await self._sweep_wake.wait()
