@@ -353,6 +353,7 @@ def main() -> int:
         default="",
         help="comma-separated targets (direct,flynn-router,flynn-router-py,haproxy,nginx)",
     )
+    ap.add_argument("--modes", default="plain,tls,h2", help="comma-separated: plain, tls, h2")
     args = ap.parse_args()
     check_machine()
     targets = [t for t in PORTS if not args.only or t in args.only.split(",")]
@@ -371,10 +372,15 @@ def main() -> int:
         for ports in PORTS.values():
             for port in ports:
                 wait_port(port)
+        chosen = args.modes.split(",")
         modes = [
-            ("HTTP/1.1 plain", "wrk", False),
-            ("HTTP/1.1 TLS", "wrk", True),
-            ("HTTP/2 TLS", "h2load", True),
+            (mode, tool, use_tls)
+            for key, mode, tool, use_tls in (
+                ("plain", "HTTP/1.1 plain", "wrk", False),
+                ("tls", "HTTP/1.1 TLS", "wrk", True),
+                ("h2", "HTTP/2 TLS", "h2load", True),
+            )
+            if key in chosen
         ]
         results: dict[tuple[str, str], Series] = {}
         print(f"bench: {args.rounds} rounds x {args.duration}s; files in {tmp}", file=sys.stderr)

@@ -40,6 +40,7 @@ COMPILED = (
     "http1",
     "http2",
     "tunnel",
+    "tlsconn",
 )
 DIR_NAME = "_mypyc"
 MANIFEST = "SOURCES.json"

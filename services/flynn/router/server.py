@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from flynn.router import _native
@@ -24,6 +25,7 @@ from flynn.router.proxy import ProxyContext
 from flynn.router.routes import HTTPRoute, RouteEvent, RouteTable, TCPRoute
 from flynn.router.stats import Stats
 from flynn.router.tls import CertStore
+from flynn.router.tlsconn import TLSConn
 from flynn.router.tunnel import TCPFrontend
 
 log = logging.getLogger(__name__)
@@ -47,25 +49,16 @@ def bind_socket(ip: str, port: int, *, reuse_port: bool, backlog: int = 1024) ->
     return sock
 
 
-class AlpnSwitch:
-    """First protocol of a TLS connection (an asyncio protocol): after the handshake, hand over to
-    HTTP/2 or HTTP/1.1."""
+def tls_listener(ctx: ProxyContext, port: int, sslctx: ssl.SSLContext) -> Callable[[], TLSConn]:
+    """The protocol factory of an HTTPS port: TLS, then HTTP/2 or HTTP/1.1 by ALPN."""
 
-    __slots__ = ("ctx", "port")
+    def choose(sslobj: ssl.SSLObject) -> H1Conn | H2Conn:
+        if sslobj.selected_alpn_protocol() == "h2":
+            return H2Conn(ctx, port)
+        return H1Conn(ctx, port, tls=True)
 
-    def __init__(self, ctx: ProxyContext, port: int) -> None:
-        self.ctx = ctx
-        self.port = port
-
-    def connection_made(self, transport: Any) -> None:
-        sslobj = transport.get_extra_info("ssl_object")
-        proto: H1Conn | H2Conn
-        if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
-            proto = H2Conn(self.ctx, self.port)
-        else:
-            proto = H1Conn(self.ctx, self.port, tls=True)
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
+    timeout = ctx.config.tls_handshake_timeout
+    return lambda: TLSConn(sslctx, choose, ctx.clock, ctx.stats, timeout)
 
 
 class Router:
@@ -115,26 +108,16 @@ class Router:
         if cfg.https_ports:
             sslctx = self.certs.server_context
             for port in cfg.https_ports:
-                server = await self._serve(port, lambda p: lambda: AlpnSwitch(ctx, p), sslctx)
+                server = await self._serve(port, lambda p: tls_listener(ctx, p, sslctx))
                 self.https_ports.append(_bound_port(server))
         await self.settle()
 
-    async def _serve(
-        self,
-        port: int,
-        make: Any,
-        sslctx: ssl.SSLContext | None = None,
-    ) -> asyncio.Server:
+    async def _serve(self, port: int, make: Any) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         cfg = self.config
         sock = bind_socket(cfg.listen_ip, port, reuse_port=cfg.reuse_port)
         bound = sock.getsockname()[1]
-        server = await loop.create_server(
-            make(bound),
-            sock=sock,
-            ssl=sslctx,
-            ssl_handshake_timeout=cfg.tls_handshake_timeout if sslctx is not None else None,
-        )
+        server = await loop.create_server(make(bound), sock=sock)
         self._servers.append(server)
         return server
 

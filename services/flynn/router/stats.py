@@ -30,6 +30,7 @@ FIELDS: tuple[str, ...] = (
     "tcp_connections",
     "timeouts",
     "tls_connections",
+    "tls_handshake_errors",
     "tunnels",
     "upstream_connect_errors",
     "upstream_connections",
@@ -44,6 +45,7 @@ class Stats:
         self.started = time.time()
         self.connections = 0  # client connections accepted (HTTP, HTTPS)
         self.tls_connections = 0
+        self.tls_handshake_errors = 0  # failed or timed-out TLS handshakes (garbage, no shared cipher...)
         self.h2_connections = 0
         self.active_connections = 0
         self.requests = 0  # requests whose headers were read (HTTP/1.x and HTTP/2 streams)

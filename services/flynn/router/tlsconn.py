@@ -1,0 +1,320 @@
+"""TLS termination for the router: one protocol on the TCP socket that is also the transport its
+HTTP protocol (:class:`~flynn.router.http1.H1Conn` or :class:`~flynn.router.http2.H2Conn`,
+chosen by ALPN) writes to.
+
+OpenSSL does the TLS, through an :class:`ssl.SSLObject` over two memory BIOs, as in asyncio's
+own TLS transports. What differs is when it is asked to decrypt. Python reports "no complete
+record yet" by raising :class:`ssl.SSLWantReadError`, and building that exception costs more
+than decrypting a small record (5-10 us against 2-3 us here, see docs/router.md). asyncio and
+uvloop read until it is raised, so every request paid for one. :class:`TLSConn` follows the TLS
+record framing of the bytes it feeds in (a 5-byte header carrying the length) and calls
+``read()`` only while a complete record is waiting, which OpenSSL then always answers with data.
+The exception remains for what is not application data (the handshake, a TLS 1.3 key update),
+handled the same way.
+
+Sending: ``write()`` encrypts at once into the outgoing BIO, and what gathered there leaves in
+one socket write at the end of the loop iteration, so the answers of several HTTP/2 streams, or
+a head and its body, cost one send instead of one each (uvloop's TLS transport does the same).
+
+Flow control: the HTTP protocol's ``pause_reading()`` stops the socket and leaves the records
+already received in the BIO; ``resume_reading()`` decrypts them (on the next loop iteration) and
+starts the socket again. The socket's ``pause_writing()``/``resume_writing()`` are passed up.
+A handshake not finished within ``handshake_timeout`` is aborted by the router's
+:class:`~flynn.router.timeouts.Reaper` (no timer per connection).
+
+(Compiled with mypyc with the rest of the data plane: no base class, typed attributes.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from flynn.router.stats import Stats
+from flynn.router.timeouts import Reaper
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 16384  # a TLS record carries at most 16 KiB of plaintext; one read() takes one record
+
+HANDSHAKE, OPEN, CLOSED = 0, 1, 2
+
+
+class TLSConn:
+    """Server side of one TLS connection; ``choose(sslobj)`` gives the protocol to hand the
+    plaintext to once the handshake is done (by ALPN)."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        choose: Callable[[ssl.SSLObject], Any],
+        clock: Reaper,
+        stats: Stats,
+        handshake_timeout: float,
+    ) -> None:
+        self.context = context
+        self.choose = choose
+        self.clock = clock
+        self.stats = stats
+        self.handshake_timeout = handshake_timeout
+        self.state = HANDSHAKE
+        self.deadline = 0.0
+        self.raw: Any = None
+        self.app: Any = None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.paused = False
+        self.drain_scheduled = False
+        self.flush_scheduled = False
+        self.eof = False  # the client's close_notify (or FIN) was passed on
+        self.empty_reads = 0  # read() calls that found no application data (see the docstring)
+        # record framing of the stream fed to ``incoming``: bytes fed so far, the stream offset
+        # where the last complete record ends, bytes still missing from the record being
+        # received, and the first bytes of a record header split between two reads
+        self.fed = 0
+        self.complete_end = 0
+        self.missing = 0
+        self.part = b""
+
+    # --- the socket's protocol -----------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.raw = transport
+        if self.handshake_timeout > 0:
+            self.deadline = self.clock.now + self.handshake_timeout
+            self.clock.watched.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.incoming.write(data)
+        self._frame(data)
+        if self.state == HANDSHAKE and not self._handshake():
+            return
+        self._decrypt()
+
+    def eof_received(self) -> bool:
+        if self.state != OPEN:
+            return False
+        self._decrypt()  # whatever complete records came before the FIN
+        return self._app_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        self.state = CLOSED
+        self.clock.watched.discard(self)
+        if was != HANDSHAKE and self.app is not None:
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    def timed_out(self) -> None:
+        self.clock.watched.discard(self)
+        if self.state == HANDSHAKE:
+            self.stats.timeouts += 1
+            self.stats.tls_handshake_errors += 1
+            self.state = CLOSED
+            self.raw.abort()
+
+    # --- TLS -----------------------------------------------------------------------------------
+    def _frame(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        missing = self.missing
+        if missing:
+            if n < missing:
+                self.missing = missing - n
+                self.fed += n
+                return
+            pos = missing
+            self.missing = 0
+            self.complete_end = self.fed + pos
+        elif self.part:
+            head = self.part + data[: 5 - len(self.part)]
+            if len(head) < 5:
+                self.part = head
+                self.fed += n
+                return
+            pos = 5 - len(self.part)
+            self.part = b""
+            end = pos + ((head[3] << 8) | head[4])
+            if end > n:
+                self.missing = end - n
+                self.fed += n
+                return
+            pos = end
+            self.complete_end = self.fed + pos
+        last = pos
+        while pos + 5 <= n:
+            end = pos + 5 + ((data[pos + 3] << 8) | data[pos + 4])
+            if end > n:
+                self.missing = end - n
+                break
+            pos = last = end
+        else:
+            if pos < n:
+                self.part = data[pos:]
+        if last:
+            self.complete_end = self.fed + last
+        self.fed += n
+
+    def _handshake(self) -> bool:
+        sslobj = self.sslobj
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, ValueError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            self.stats.tls_handshake_errors += 1
+            self._flush()  # the alert, if OpenSSL made one
+            self.state = CLOSED
+            self.clock.watched.discard(self)
+            self.raw.close()
+            return False
+        self._flush()
+        self.state = OPEN
+        self.clock.watched.discard(self)
+        self.deadline = 0.0
+        app = self.app = self.choose(sslobj)
+        app.connection_made(self)
+        return self.state == OPEN
+
+    def _decrypt(self) -> None:
+        sslobj = self.sslobj
+        incoming = self.incoming
+        while not self.paused and self.state == OPEN:
+            if self.fed - incoming.pending >= self.complete_end and not sslobj.pending():
+                return  # nothing but part of a record: wait for the rest
+            try:
+                chunk = sslobj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                self.empty_reads += 1  # a record with no data for us (a key update, ...)
+                self._flush()  # (a post-handshake message may want an answer)
+                return
+            except ssl.SSLZeroReturnError:  # close_notify after ours was sent
+                self._app_eof()
+                return
+            except ssl.SSLError as exc:
+                log.debug("TLS error: %s", exc)
+                self.abort()
+                return
+            if not chunk:  # the client's close_notify (OpenSSL skips empty records itself)
+                self._app_eof()
+                return
+            self.app.data_received(chunk)
+
+    def _app_eof(self) -> bool:
+        if self.eof:
+            return True
+        self.eof = True
+        eof = getattr(self.app, "eof_received", None)
+        keep = bool(eof()) if eof is not None else False
+        if not keep:
+            self.close()
+        return keep
+
+    def _flush(self) -> None:
+        out = self.outgoing.read()
+        if out:
+            self.raw.write(out)
+
+    def _drain(self) -> None:
+        self.drain_scheduled = False
+        self._decrypt()
+
+    # --- the transport the HTTP protocol sees --------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.state != OPEN or not data:
+            return
+        self.sslobj.write(data)  # a record into the outgoing BIO; sent below, with the others
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.clock.loop.call_soon(self._send)
+
+    def _send(self) -> None:
+        # once per loop iteration: every record written meanwhile (HTTP/2 answers of several
+        # streams, a head and its body, ...) leaves in one send
+        self.flush_scheduled = False
+        if self.state == OPEN:
+            self._flush()
+
+    def writelines(self, parts: Any) -> None:
+        self.write(b"".join(parts))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot be half-closed")
+
+    def pause_reading(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.state == OPEN:
+                self.raw.resume_reading()
+                if not self.drain_scheduled:
+                    self.drain_scheduled = True
+                    self.clock.loop.call_soon(self._drain)
+
+    def is_reading(self) -> bool:
+        return not self.paused and self.state == OPEN
+
+    def close(self) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.sslobj.unwrap()  # queues our close_notify
+        self._flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.state = CLOSED
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.state == CLOSED or bool(self.raw.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self.sslobj
+        if name == "ssl_object":
+            return sslobj
+        if name == "sslcontext":
+            return sslobj.context
+        if name == "cipher":
+            return sslobj.cipher()
+        if name == "peercert":
+            return sslobj.getpeercert()
+        return self.raw.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.app = protocol
+
+    def get_protocol(self) -> Any:
+        return self.app
+
+    def get_write_buffer_size(self) -> int:
+        return self.outgoing.pending + int(self.raw.get_write_buffer_size())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        limits: tuple[int, int] = self.raw.get_write_buffer_limits()
+        return limits
