@@ -15,9 +15,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from flynn.slugbuilder import main as slug_main
+from flynn.slugbuilder import process
+from flynn.slugbuilder.errors import Cancelled
 from tests.buildfakes import BlobServer, Builder, buildpack_files, make_tar, write_buildpack
 
 SECRET = "s3cr3t-" + "k" * 24
@@ -387,6 +391,40 @@ def test_a_signal_cancels_the_build_and_kills_every_child(builder: Builder, tmp_
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(grandchild)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_child_is_being_started_still_kills_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sig: int
+) -> None:
+    # A child may run before Popen() has returned in the parent (a busy machine: CI once saw
+    # bin/compile print, and the signal come, while the slugbuilder was still inside Popen);
+    # here the signal comes exactly then: after the fork, before the child is registered.
+    started: list[int] = []
+
+    class SignalledPopen(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self.pid)
+            os.kill(os.getpid(), sig)  # the handler runs here, inside Popen()
+
+    monkeypatch.setattr(process, "_children", process._Children())
+    monkeypatch.setattr(subprocess, "Popen", SignalledPopen)
+    previous = signal.signal(sig, slug_main._on_signal)
+    try:
+        with pytest.raises(Cancelled) as cancelled:
+            process.run(["sleep", "600"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    finally:
+        signal.signal(sig, previous)
+    assert cancelled.value.signame == signal.Signals(sig).name
+    child = started[0]
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    with pytest.raises(Cancelled):  # and nothing more starts after a cancellation
+        process.run(["true"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    assert started == [child]
 
 
 def _alive(pid: int) -> bool:

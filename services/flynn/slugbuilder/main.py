@@ -36,8 +36,7 @@ def slug_line(slug: Slug) -> str:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    process.kill_all()
-    raise Cancelled(signal.Signals(signum).name)
+    process.cancel(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
