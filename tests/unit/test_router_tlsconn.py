@@ -271,6 +271,21 @@ async def test_fin_without_close_notify_is_an_eof(tmp_path: Path) -> None:
     assert pair.sock.was_closed()
 
 
+async def test_a_fin_while_reading_is_paused_comes_after_the_held_records(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, App(pause_after_data=True, keep_open_on_eof=True))
+    await pair.handshake()
+    pair.to_server(pair.records(b"one", b"two"))
+    assert pair.conn.eof_received() is True  # the socket stays half-open for the answer
+    assert pair.app.eofs == 0  # "two" is still waiting: no EOF before it
+    pair.conn.resume_reading()
+    await asyncio.sleep(0)
+    assert bytes(pair.app.data) == b"onetwo"
+    assert pair.app.eofs == 0  # the app paused again after "two": the EOF waits too
+    pair.conn.resume_reading()
+    await asyncio.sleep(0)
+    assert pair.app.eofs == 1
+
+
 async def test_garbage_instead_of_a_handshake_is_closed_and_counted(tmp_path: Path) -> None:
     pair = Pair(tmp_path, App())
     pair.conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

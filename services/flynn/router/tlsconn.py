@@ -71,6 +71,7 @@ class TLSConn:
         self.drain_scheduled = False
         self.flush_scheduled = False
         self.eof = False  # the client's close_notify (or FIN) was passed on
+        self.fin = False  # the socket reached EOF
         self.empty_reads = 0  # read() calls that found no application data (see the docstring)
         # record framing of the stream fed to ``incoming``: bytes fed so far, the stream offset
         # where the last complete record ends, bytes still missing from the record being
@@ -99,8 +100,11 @@ class TLSConn:
     def eof_received(self) -> bool:
         if self.state != OPEN:
             return False
-        self._decrypt()  # whatever complete records came before the FIN
-        return self._app_eof()
+        self.fin = True
+        # the records that came before the FIN first; the EOF follows them, now or (reading
+        # paused) once they are all read
+        self._decrypt()
+        return self.state == OPEN  # keep the write side: the answer may still be on its way
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
@@ -195,6 +199,8 @@ class TLSConn:
         incoming = self.incoming
         while not self.paused and self.state == OPEN:
             if self.fed - incoming.pending >= self.complete_end and not sslobj.pending():
+                if self.fin:  # the FIN came and everything before it is read
+                    self._app_eof()
                 return  # nothing but part of a record: wait for the rest
             try:
                 chunk = sslobj.read(READ_SIZE)
@@ -267,7 +273,8 @@ class TLSConn:
         if self.paused:
             self.paused = False
             if self.state == OPEN:
-                self.raw.resume_reading()
+                if not self.fin:
+                    self.raw.resume_reading()
                 if not self.drain_scheduled:
                     self.drain_scheduled = True
                     self.clock.loop.call_soon(self._drain)
