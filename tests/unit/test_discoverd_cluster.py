@@ -193,6 +193,33 @@ async def test_a_node_that_cannot_settle_serves_its_last_state_marked_stale(
         assert loop.time() - t0 >= SETTLE_FOR / 2
 
 
+async def test_a_leader_known_after_a_long_election_gets_its_own_wait(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An election slower than SETTLE_FOR (a loaded machine, split votes): once a leader is known
+    again, reads wait for this node to catch up with it instead of being served stale because
+    the spell that began with the old leader's loss has run out (CI saw that 404)."""
+    node = next(iter(cluster.nodes.values()))
+    store = node.store
+    raft = store.node
+    assert raft is not None
+    settled = {"now": False}
+    leader: dict[str, str | None] = {"now": None}
+    monkeypatch.setattr(store, "settled", lambda: settled["now"])
+    monkeypatch.setattr(raft, "leader", lambda: leader["now"])
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(SETTLE_FOR + 0.3)  # no leader for longer than the bound
+    t0 = loop.time()
+    assert await store.settle() is False  # the spell ran out: served stale, at once
+    assert loop.time() - t0 < SETTLE_FOR / 2
+    leader["now"] = "127.0.0.9"  # a leader at last; its term marker is still on its way
+    waiting = asyncio.create_task(store.settle())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # a fresh wait, not the spent one
+    settled["now"] = True
+    assert await asyncio.wait_for(waiting, 5) is True
+
+
 async def test_watch_resumes_on_another_node_without_gaps(cluster: LocalCluster) -> None:
     ips = list(cluster.nodes)
     async with Client(cluster.urls(ips[0], ips[1])) as watcher, Client(cluster.urls(ips[2])) as writer:

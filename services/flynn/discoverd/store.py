@@ -114,6 +114,7 @@ class Store:
         self._tasks: list[asyncio.Task[None]] = []
         self._marker: asyncio.Task[None] | None = None
         self._unsettled_since: float | None = None
+        self._spell_leader: str | None = None  # the leader known when the spell was last looked at
         self.role_file = settings.data_dir / "role.json"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -189,26 +190,33 @@ class Store:
         Returns False when that time is up: the caller then serves the local state, which may be
         stale (no leader reachable, a minority side of a partition), rather than nothing. The
         bound counts from the start of the unsettled spell, not per request, so during a long
-        outage reads are not each delayed."""
+        outage reads are not each delayed. A leader that becomes known during a spell starts
+        the count again: an election slower than SETTLE_FOR must not leave the node serving
+        stale reads while the new leader's marker is on its way."""
         loop = asyncio.get_running_loop()
-        while not self.settled():
-            now = loop.time()
-            if self._unsettled_since is None:
-                self._unsettled_since = now
-            if now - self._unsettled_since >= SETTLE_FOR:
+        while not self._track(loop.time()):
+            since = self._unsettled_since
+            if since is not None and loop.time() - since >= SETTLE_FOR:
                 return False
             await asyncio.sleep(0.02)
-        self._unsettled_since = None
         return True
+
+    def _track(self, now: float) -> bool:
+        """Follow the unsettled spell: when it began (or began again, with a new leader)."""
+        node = self.node
+        leader = node.leader() if node is not None else None
+        if self.settled():
+            self._unsettled_since = None
+        elif self._unsettled_since is None or (leader is not None and leader != self._spell_leader):
+            self._unsettled_since = now
+        self._spell_leader = leader
+        return self._unsettled_since is None
 
     async def _settle_loop(self) -> None:
         """Track unsettled spells even while nobody reads, so each new spell gets its wait."""
         loop = asyncio.get_running_loop()
         while True:
-            if self.settled():
-                self._unsettled_since = None
-            elif self._unsettled_since is None:
-                self._unsettled_since = loop.time()
+            self._track(loop.time())
             await asyncio.sleep(0.1)
 
     def _read(self) -> tuple[threading.RLock, State]:
