@@ -5,7 +5,6 @@ Names are compared lower-cased; values stay bytes end to end (no decoding on the
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 
@@ -39,24 +38,55 @@ REQUEST_FIELDS: dict[bytes, int] = {
     b"cookie": H_COOKIE,
 }
 
-# Classes of response header fields from upstreams.
-R_CONTENT_LENGTH = 1
-R_TRANSFER_ENCODING = 2
-R_DROP = 3
-R_CONNECTION = 4
-R_UPGRADE = 5
+# Field names as clients spell them, to their class without lower-casing each name first (a
+# method call per field): the names above and common ones forwarded as they are (H_PASS), in
+# lower case and in Canonical-Case. A name not found here is lower-cased and looked up above.
+H_PASS = 0
+_COMMON = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"content-type",
+    b"if-modified-since",
+    b"if-none-match",
+    b"origin",
+    b"pragma",
+    b"referer",
+    b"user-agent",
+    b"x-requested-with",
+    b"sec-fetch-dest",
+    b"sec-fetch-mode",
+    b"sec-fetch-site",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+    b"upgrade-insecure-requests",
+)
 
-RESPONSE_FIELDS: dict[bytes, int] = {
-    b"content-length": R_CONTENT_LENGTH,
-    b"transfer-encoding": R_TRANSFER_ENCODING,
-    b"connection": R_CONNECTION,
-    b"keep-alive": R_DROP,
-    b"proxy-connection": R_DROP,
-    b"proxy-authenticate": R_DROP,
-    b"trailer": R_DROP,
-    b"upgrade": R_UPGRADE,
-    b"te": R_DROP,
-}
+
+def _canonical(name: bytes) -> bytes:
+    return b"-".join([part[:1].upper() + part[1:] for part in name.split(b"-")])
+
+
+REQUEST_FIELDS_AS_SENT: dict[bytes, int] = {}
+for _name, _code in [*REQUEST_FIELDS.items(), *[(n, H_PASS) for n in _COMMON]]:
+    REQUEST_FIELDS_AS_SENT[_name] = _code
+    REQUEST_FIELDS_AS_SENT[_canonical(_name)] = _code
+REQUEST_FIELDS_AS_SENT[b"X-Request-ID"] = H_REQUEST_ID
+REQUEST_FIELDS_AS_SENT[b"TE"] = H_DROP
+REQUEST_FIELDS_AS_SENT[b"HTTP2-Settings"] = H_DROP
+
+
+def field_class(name: bytes) -> int:
+    """The class of request field ``name`` (H_PASS when it is forwarded as it is)."""
+    code = REQUEST_FIELDS_AS_SENT.get(name)
+    if code is None:
+        code = REQUEST_FIELDS.get(name.lower(), H_PASS)
+    return code
+
 
 # Methods that may be sent again after a connection broke (RFC 9110 9.2.2), when bodiless.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -66,16 +96,28 @@ _REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9+/=._:-]{1,200}").fullmatch
 
 class RequestIds:
     """Request ids: 16 random hex digits per process, then a 16-digit counter. Unique without a
-    system call per request; not secret (they are logged and echoed to backends)."""
+    system call per request; not secret (they are logged and echoed to backends).
 
-    __slots__ = ("_counter", "_prefix")
+    Formatting the counter cost more than the rest of a request's id handling, so the last three
+    hex digits come from a table and the rest is formatted once per 4096 ids."""
+
+    __slots__ = ("_counter", "_high", "_prefix")
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex().encode()
-        self._counter = itertools.count(1)
+        self._counter = 0
+        self._high = b""
 
     def next(self) -> bytes:
-        return b"%s%016x" % (self._prefix, next(self._counter))
+        n = self._counter + 1
+        self._counter = n
+        low = n & 0xFFF
+        if low == 0 or not self._high:
+            self._high = b"%s%013x" % (self._prefix, n >> 12)
+        return self._high + _LOW3[low]
+
+
+_LOW3: list[bytes] = [b"%03x" % i for i in range(4096)]
 
 
 def valid_request_id(value: bytes) -> bool:

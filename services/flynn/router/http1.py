@@ -34,14 +34,17 @@ from httptools import (
 
 from flynn.router.backends import Backend
 from flynn.router.headers import (
+    H_CONNECTION,
     H_CONTENT_LENGTH,
     H_COOKIE,
     H_HOST,
+    H_PASS,
     H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_XFF,
     REQUEST_FIELDS,
+    REQUEST_FIELDS_AS_SENT,
     normalize_host,
     sticky_set_cookie,
     valid_request_id,
@@ -413,9 +416,6 @@ class H1Conn:
         if len(target) > cfg.max_url_bytes:
             raise _bad(414)
         method = parser.get_method()
-        version = parser.get_http_version()
-        if version not in {"1.1", "1.0"}:
-            raise _bad(505 if version[0] in "23" else 400)
         host: bytes | None = None
         clen = -1
         te: bytes | None = None
@@ -425,11 +425,14 @@ class H1Conn:
         cookies: list[bytes] | None = None
         parts: list[bytes] = []
         size = len(target)
-        fields = REQUEST_FIELDS
+        connection = False
+        as_sent = REQUEST_FIELDS_AS_SENT
         for name, value in hdrs:
             size += len(name) + len(value) + 4
-            code = fields.get(name.lower())
+            code = as_sent.get(name)
             if code is None:
+                code = REQUEST_FIELDS.get(name.lower(), H_PASS)
+            if code == H_PASS:
                 parts += (b"\r\n", name, b": ", value)
             elif code == H_HOST:
                 if host is not None:
@@ -453,7 +456,16 @@ class H1Conn:
                 else:
                     cookies.append(value)
                 parts += (b"\r\n", name, b": ", value)
-            # H_CONNECTION, H_DROP: hop-by-hop fields and X-Forwarded-* the router sets itself
+            elif code == H_CONNECTION:
+                connection = True
+            # H_DROP: hop-by-hop fields and X-Forwarded-* the router sets itself
+        # llhttp keeps alive by default only in HTTP/1.1 (the only valid 1.x with a minor > 0);
+        # 0.9, 1.0 and 2.0 need "Connection: keep-alive". So without a Connection field a kept
+        # alive request is 1.1, and the parser's version string (costly to make) is not needed
+        keep_alive = parser.should_keep_alive()
+        version = "1.1" if keep_alive and not connection else parser.get_http_version()
+        if version not in {"1.1", "1.0"}:
+            raise _bad(505 if version[0] in "23" else 400)
         if size > cfg.max_header_bytes:
             raise _bad(431)
         if method == b"CONNECT":
@@ -482,7 +494,7 @@ class H1Conn:
         ex = H1Exchange(self, method, target, nhost, b"".join(parts))
         if version == "1.0":
             ex.http11 = False
-        if not parser.should_keep_alive():
+        if not keep_alive:
             ex.keep_alive = False
         if cookies is not None:
             ex.cookies = cookies

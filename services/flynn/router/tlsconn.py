@@ -67,6 +67,9 @@ class TLSConn:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        # the C object under it: SSLObject's read/write/pending are Python methods that only
+        # call these, and that frame cost as much as the decryption of a small record
+        self.ossl: Any = self.sslobj._sslobj  # type: ignore[attr-defined]
         self.paused = False
         self.drain_scheduled = False
         self.flush_scheduled = False
@@ -172,9 +175,8 @@ class TLSConn:
         self.fed += n
 
     def _handshake(self) -> bool:
-        sslobj = self.sslobj
         try:
-            sslobj.do_handshake()
+            self.ossl.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return False
@@ -190,20 +192,24 @@ class TLSConn:
         self.state = OPEN
         self.clock.watched.discard(self)
         self.deadline = 0.0
-        app = self.app = self.choose(sslobj)
+        app = self.app = self.choose(self.sslobj)
         app.connection_made(self)
         return self.state == OPEN
 
     def _decrypt(self) -> None:
-        sslobj = self.sslobj
+        ossl = self.ossl
         incoming = self.incoming
         while not self.paused and self.state == OPEN:
-            if self.fed - incoming.pending >= self.complete_end and not sslobj.pending():
+            waiting = self.complete_end - (self.fed - incoming.pending)  # whole records' bytes
+            if waiting <= 0 and not ossl.pending():
                 if self.fin:  # the FIN came and everything before it is read
                     self._app_eof()
                 return  # nothing but part of a record: wait for the rest
             try:
-                chunk = sslobj.read(READ_SIZE)
+                # a record's plaintext is shorter than the record: asking for no more than the
+                # waiting bytes keeps a small request's buffer small (a 16 KiB one is malloc'd
+                # and shrunk again); what a short read leaves, pending() reports next round
+                chunk = ossl.read(waiting if 0 < waiting < READ_SIZE else READ_SIZE)
             except ssl.SSLWantReadError:
                 self.empty_reads += 1  # a record with no data for us (a key update, ...)
                 self._flush()  # (a post-handshake message may want an answer)
@@ -243,7 +249,7 @@ class TLSConn:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.state != OPEN or not data:
             return
-        self.sslobj.write(data)  # a record into the outgoing BIO; sent below, with the others
+        self.ossl.write(data)  # a record into the outgoing BIO; sent below, with the others
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.clock.loop.call_soon(self._send)
