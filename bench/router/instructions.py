@@ -89,19 +89,14 @@ def measure(proc: subprocess.Popen[bytes], out: Path, url: str, n: int) -> dict[
     return per_library(dumps[0], n)
 
 
+def annotate(dump: Path, *flags: str) -> str:
+    argv = ["callgrind_annotate", "--auto=no", "--threshold=100", *flags, str(dump)]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
 def per_library(dump: Path, n: int) -> dict[str, float]:
-    flat = subprocess.run(
-        ["callgrind_annotate", "--auto=no", "--threshold=100", str(dump)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    inclusive = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    flat = annotate(dump)
+    inclusive = annotate(dump, "--inclusive=yes")
     row = re.compile(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)")
     libs: collections.Counter[str] = collections.Counter()
     total = 0
