@@ -43,8 +43,7 @@ from flynn.router.headers import (
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_XFF,
-    REQUEST_FIELDS,
-    REQUEST_FIELDS_AS_SENT,
+    field_class,
     normalize_host,
     sticky_set_cookie,
     valid_request_id,
@@ -426,12 +425,9 @@ class H1Conn:
         parts: list[bytes] = []
         size = len(target)
         connection = False
-        as_sent = REQUEST_FIELDS_AS_SENT
         for name, value in hdrs:
             size += len(name) + len(value) + 4
-            code = as_sent.get(name)
-            if code is None:
-                code = REQUEST_FIELDS.get(name.lower(), H_PASS)
+            code = field_class(name)
             if code == H_PASS:
                 parts += (b"\r\n", name, b": ", value)
             elif code == H_HOST:
