@@ -1,6 +1,7 @@
 """Header handling shared by the HTTP/1.1 and HTTP/2 frontends and the upstream side.
 
-Names are compared lower-cased; values stay bytes end to end (no decoding on the hot path).
+Names are compared lower-cased (request names are first looked up as sent, see
+``field_class``); values stay bytes end to end (no decoding on the hot path).
 """
 
 from __future__ import annotations
