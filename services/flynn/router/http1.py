@@ -709,6 +709,7 @@ class H1Conn:
         if transport is None or up_transport is None:
             upstream.close()
             return
+        upstream.flush()  # (nothing is queued once the 101 came; the tunnel writes directly)
         stats = self.stats
         self.closed = True  # this protocol object is done; the tunnel owns the transport
         self.active = None

@@ -15,6 +15,13 @@ When the exchange ends with the connection still usable it goes back to its back
 (most recently used last); the sweep in :mod:`flynn.router.timeouts` closes the ones idle for
 too long.
 
+Writes to backends are gathered: what an exchange writes during one loop iteration is sent when
+that iteration's callbacks are done (:class:`Outbox`), so the router first reads every request
+that is waiting and then sends them all, as HAProxy does. Sent at once, the first request wakes
+the backend, which on a shared CPU then preempts the router after each request it forwards
+(docs/router.md, "Performance"). Per connection the order of writes, and of a write and a
+``close()``, is kept.
+
 The class is an asyncio protocol without deriving from :class:`asyncio.Protocol` (asyncio only
 calls its methods), so that it compiles to a native class (see docs/router.md, "Compiled").
 """
@@ -76,6 +83,27 @@ class _HeadResponse(Exception):
     """Raised from on_headers_complete to stop parsing a response to HEAD (it has no body)."""
 
 
+class Outbox:
+    """The upstream connections with writes waiting: sent together once per loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.conns: list[UpstreamConn] = []
+
+    def add(self, conn: UpstreamConn) -> None:
+        if not self.conns:
+            # call_soon runs after the callbacks of the events being handled (every request
+            # read in this iteration) and before the loop waits for more
+            self.loop.call_soon(self.send)
+        self.conns.append(conn)
+
+    def send(self) -> None:
+        conns = self.conns
+        self.conns = []
+        for conn in conns:
+            conn.flush()
+
+
 class UpstreamConn:
     """One connection to a backend (an asyncio protocol), carrying one exchange at a time."""
 
@@ -88,6 +116,7 @@ class UpstreamConn:
         self.idle_since = 0.0
         self.uses = 0  # exchanges started on this connection
         self.closed = False
+        self.out: list[bytes] | None = None  # written, waiting for the Outbox to send it
         # per-response state
         self.no_body = False  # the request was HEAD
         self.keep_alive = True
@@ -107,9 +136,25 @@ class UpstreamConn:
 
     # --- used by exchanges ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        """Queue ``data``; it is sent with the other upstream writes of this loop iteration."""
+        if self.closed or self.transport is None:
+            return
+        out = self.out
+        if out is None:
+            self.out = [data]
+            self.ctx.outbox.add(self)
+        else:
+            out.append(data)
+
+    def flush(self) -> None:
+        """Hand what is queued to the transport now."""
+        out = self.out
+        if out is None:
+            return
+        self.out = None
         transport = self.transport
         if not self.closed and transport is not None:
-            transport.write(data)
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool when possible, closed otherwise."""
@@ -131,12 +176,14 @@ class UpstreamConn:
     def close(self) -> None:
         self.sink = None
         if not self.closed:
+            self.flush()  # what was written goes first, as with a direct write then close()
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
         self.sink = None
+        self.out = None
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
