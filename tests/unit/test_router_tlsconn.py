@@ -108,9 +108,7 @@ class App:
 class Pair:
     """A client SSLObject and a TLSConn joined by hand-carried bytes."""
 
-    def __init__(
-        self, tmp: Path, app: App, *, handshake_timeout: float = 10.0, alpn: str = "http/1.1"
-    ) -> None:
+    def __init__(self, tmp: Path, app: App, *, handshake_timeout: float = 10.0) -> None:
         ca = make_ca(tmp)
         leaf = ca.issue("tls.example.test")
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -120,8 +118,7 @@ class Pair:
         self.server_ctx.load_cert_chain(cert, key)
         self.server_ctx.set_alpn_protocols(["h2", "http/1.1"])
         client_ctx = ssl.create_default_context(cafile=str(ca.path))
-        client_ctx.set_alpn_protocols([alpn])
-        self.alpn = alpn
+        client_ctx.set_alpn_protocols(["http/1.1"])
         self.c_in, self.c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.client = client_ctx.wrap_bio(self.c_in, self.c_out, server_hostname="tls.example.test")
         self.loop = asyncio.get_running_loop()
@@ -168,7 +165,7 @@ class Pair:
             await self.settle()
         self.to_server(self.c_out.read())  # the client's Finished, if still queued
         await self.settle()
-        assert self.chosen == [self.alpn]
+        assert self.chosen == ["http/1.1"]
 
     def records(self, *messages: bytes) -> bytes:
         """The client's TLS records of ``messages`` (one or more records each)."""
@@ -232,8 +229,8 @@ async def test_pause_reading_keeps_the_records_until_resume(tmp_path: Path) -> N
     assert bytes(pair.app.data) == b"onetwothree"
 
 
-async def test_http2_writes_of_one_loop_iteration_leave_in_one_send(tmp_path: Path) -> None:
-    pair = Pair(tmp_path, App(), alpn="h2")
+async def test_writes_of_one_loop_iteration_leave_in_one_send(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, App())
     await pair.handshake()
     pair.conn.write(b"HTTP/1.1 200 OK\r\n")
     pair.conn.write(b"Content-Length: 2\r\n\r\n")
@@ -244,22 +241,6 @@ async def test_http2_writes_of_one_loop_iteration_leave_in_one_send(tmp_path: Pa
     assert len(pair.sock.sent) == 1
     pair.to_client()
     assert pair.client_reads() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-async def test_http11_writes_leave_at_once_each(tmp_path: Path) -> None:
-    # an HTTP/1.1 answer is not held back to the end of the loop iteration: the client's next
-    # request would come that much later (docs/router.md, "Performance")
-    pair = Pair(tmp_path, App())
-    await pair.handshake()
-    pair.conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
-    assert len(pair.sock.sent) == 1
-    pair.conn.write(memoryview(b"ok"))
-    assert len(pair.sock.sent) == 2
-    assert pair.conn.get_write_buffer_size() == 0
-    pair.to_client()
-    assert pair.client_reads() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    await asyncio.sleep(0)
-    assert pair.sock.sent == []  # nothing left for later
 
 
 async def test_client_close_notify_is_an_eof_and_close_sends_ours(tmp_path: Path) -> None:

@@ -12,12 +12,9 @@ record framing of the bytes it feeds in (a 5-byte header carrying the length) an
 The exception remains for what is not application data (the handshake, a TLS 1.3 key update),
 handled the same way.
 
-Sending: ``write()`` encrypts at once into the outgoing BIO. Under HTTP/1.1 the record leaves
-at once, as a write to a plain socket does (an answer is one write; holding it back to the end
-of the loop iteration only delays the client, whose next request then comes later; measured
-in docs/router.md, "Performance"). Under HTTP/2 what gathered leaves in one
-socket write at the end of the loop iteration, so the frames of several streams cost one send
-instead of one each (uvloop's TLS transport does the same for every protocol).
+Sending: ``write()`` encrypts at once into the outgoing BIO, and what gathered there leaves in
+one socket write at the end of the loop iteration, so the answers of several HTTP/2 streams, or
+a head and its body, cost one send instead of one each (uvloop's TLS transport does the same).
 
 Flow control: the HTTP protocol's ``pause_reading()`` stops the socket and leaves the records
 already received in the BIO; ``resume_reading()`` decrypts them (on the next loop iteration) and
@@ -76,7 +73,6 @@ class TLSConn:
         self.paused = False
         self.drain_scheduled = False
         self.flush_scheduled = False
-        self.gather = False  # HTTP/2: writes leave once per loop iteration (see the docstring)
         self.eof = False  # the client's close_notify (or FIN) was passed on
         self.fin = False  # the socket reached EOF
         self.empty_reads = 0  # read() calls that found no application data (see the docstring)
@@ -196,7 +192,6 @@ class TLSConn:
         self.state = OPEN
         self.clock.watched.discard(self)
         self.deadline = 0.0
-        self.gather = self.sslobj.selected_alpn_protocol() == "h2"
         app = self.app = self.choose(self.sslobj)
         app.connection_made(self)
         return self.state == OPEN
@@ -254,16 +249,14 @@ class TLSConn:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.state != OPEN or not data:
             return
-        self.ossl.write(data)  # a record into the outgoing BIO
-        if not self.gather:
-            self.raw.write(self.outgoing.read())
-        elif not self.flush_scheduled:
+        self.ossl.write(data)  # a record into the outgoing BIO; sent below, with the others
+        if not self.flush_scheduled:
             self.flush_scheduled = True
             self.clock.loop.call_soon(self._send)
 
     def _send(self) -> None:
-        # HTTP/2, once per loop iteration: every record written meanwhile (frames of several
-        # streams) leaves in one send
+        # once per loop iteration: every record written meanwhile (HTTP/2 answers of several
+        # streams, a head and its body, ...) leaves in one send
         self.flush_scheduled = False
         if self.state == OPEN:
             self._flush()
