@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from httptools import (
@@ -51,7 +52,7 @@ from flynn.router.headers import (
 from flynn.router.proxy import Exchange, ProxyContext
 from flynn.router.responses import Answer
 from flynn.router.tunnel import Tunnel
-from flynn.router.upstream import UpstreamConn
+from flynn.router.upstream import UpstreamConn, not_connected
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class H1Exchange(Exchange):
         if out:
             self.out = []
             if not client.closed:
-                client.transport.write(b"".join(out))  # type: ignore[union-attr]
+                client.send(b"".join(out))
         self.upstream = None
         self.finished = True
         conn.release(self.body_done)
@@ -286,7 +287,13 @@ class H1Conn:
         self.port = port
         self.tls = tls
         self.transport: asyncio.Transport | None = None
-        self.parser = HttpRequestParser(self)
+        self.send: Callable[[bytes], object] = not_connected  # transport.write, once connected
+        # the parser and the bound methods called per request: a method called by name from
+        # compiled code is looked up on its type every time (docs/router.md, "Performance")
+        parser = self.parser = HttpRequestParser(self)
+        self.feed: Callable[[bytes], None] = parser.feed_data
+        self.method_of: Callable[[], bytes] = parser.get_method
+        self.keeps_alive: Callable[[], bool] = parser.should_keep_alive
         self.phase = IDLE
         self.deadline = 0.0
         self.paused = 0
@@ -313,6 +320,7 @@ class H1Conn:
     # --- asyncio protocol ----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.send = transport.write
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
@@ -339,7 +347,7 @@ class H1Conn:
                 self._tunnel_data(data)
             return  # DONE: a bad request was seen, nothing after it is read
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except HttpParserUpgrade as exc:
             self._client_upgraded(data[exc.args[0] :])
         except HttpParserCallbackError as exc:
@@ -414,7 +422,7 @@ class H1Conn:
             raise _bad(431)
         if len(target) > cfg.max_url_bytes:
             raise _bad(414)
-        method = parser.get_method()
+        method = self.method_of()
         host: bytes | None = None
         clen = -1
         te: bytes | None = None
@@ -458,7 +466,7 @@ class H1Conn:
         # llhttp keeps alive by default only in HTTP/1.1 (the only valid 1.x with a minor > 0);
         # 0.9, 1.0 and 2.0 need "Connection: keep-alive". So without a Connection field a kept
         # alive request is 1.1, and the parser's version string (costly to make) is not needed
-        keep_alive = parser.should_keep_alive()
+        keep_alive = self.keeps_alive()
         version = "1.1" if keep_alive and not connection else parser.get_http_version()
         if version not in {"1.1", "1.0"}:
             raise _bad(505 if version[0] in "23" else 400)
@@ -553,7 +561,7 @@ class H1Conn:
     # --- flow ----------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(data)
+            self.send(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -35,6 +35,7 @@ from typing import Any
 
 from flynn.router.stats import Stats
 from flynn.router.timeouts import Reaper
+from flynn.router.upstream import not_connected
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class TLSConn:
         # the C object under it: SSLObject's read/write/pending are Python methods that only
         # call these, and that frame cost as much as the decryption of a small record
         self.ossl: Any = self.sslobj._sslobj  # type: ignore[attr-defined]
+        # bound methods of what is called per record: a method called by name from compiled
+        # code is looked up on its type every time (docs/router.md, "Performance")
+        self.feed_bio: Callable[[bytes], int] = self.incoming.write
+        self.take_bio: Callable[[], bytes] = self.outgoing.read
+        self.decrypt: Callable[[int], bytes] = self.ossl.read
+        self.encrypt: Callable[[Any], int] = self.ossl.write
+        self.plain_pending: Callable[[], int] = self.ossl.pending
+        self.call_soon: Callable[..., object] = clock.loop.call_soon
+        self.send_raw: Callable[[bytes], object] = not_connected  # the socket's write
+        self.app_data: Callable[[bytes], object] = not_connected  # the HTTP protocol's
         self.paused = False
         self.drain_scheduled = False
         self.flush_scheduled = False
@@ -87,6 +98,7 @@ class TLSConn:
     # --- the socket's protocol -----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.raw = transport
+        self.send_raw = transport.write
         if self.handshake_timeout > 0:
             self.deadline = self.clock.now + self.handshake_timeout
             self.clock.watched.add(self)
@@ -94,7 +106,7 @@ class TLSConn:
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
-        self.incoming.write(data)
+        self.feed_bio(data)
         self._frame(data)
         if self.state == HANDSHAKE and not self._handshake():
             return
@@ -193,15 +205,15 @@ class TLSConn:
         self.clock.watched.discard(self)
         self.deadline = 0.0
         app = self.app = self.choose(self.sslobj)
+        self.app_data = app.data_received
         app.connection_made(self)
         return self.state == OPEN
 
     def _decrypt(self) -> None:
-        ossl = self.ossl
         incoming = self.incoming
         while not self.paused and self.state == OPEN:
             waiting = self.complete_end - (self.fed - incoming.pending)  # whole records' bytes
-            if waiting <= 0 and not ossl.pending():
+            if waiting <= 0 and not self.plain_pending():
                 if self.fin:  # the FIN came and everything before it is read
                     self._app_eof()
                 return  # nothing but part of a record: wait for the rest
@@ -209,7 +221,7 @@ class TLSConn:
                 # a record's plaintext is shorter than the record: asking for no more than the
                 # waiting bytes keeps a small request's buffer small (a 16 KiB one is malloc'd
                 # and shrunk again); what a short read leaves, pending() reports next round
-                chunk = ossl.read(waiting if 0 < waiting < READ_SIZE else READ_SIZE)
+                chunk = self.decrypt(waiting if 0 < waiting < READ_SIZE else READ_SIZE)
             except ssl.SSLWantReadError:
                 self.empty_reads += 1  # a record with no data for us (a key update, ...)
                 self._flush()  # (a post-handshake message may want an answer)
@@ -224,7 +236,7 @@ class TLSConn:
             if not chunk:  # the client's close_notify (OpenSSL skips empty records itself)
                 self._app_eof()
                 return
-            self.app.data_received(chunk)
+            self.app_data(chunk)
 
     def _app_eof(self) -> bool:
         if self.eof:
@@ -237,9 +249,9 @@ class TLSConn:
         return keep
 
     def _flush(self) -> None:
-        out = self.outgoing.read()
+        out = self.take_bio()
         if out:
-            self.raw.write(out)
+            self.send_raw(out)
 
     def _drain(self) -> None:
         self.drain_scheduled = False
@@ -249,10 +261,10 @@ class TLSConn:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.state != OPEN or not data:
             return
-        self.ossl.write(data)  # a record into the outgoing BIO; sent below, with the others
+        self.encrypt(data)  # a record into the outgoing BIO; sent below, with the others
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.clock.loop.call_soon(self._send)
+            self.call_soon(self._send)
 
     def _send(self) -> None:
         # once per loop iteration: every record written meanwhile (HTTP/2 answers of several
@@ -318,6 +330,7 @@ class TLSConn:
 
     def set_protocol(self, protocol: Any) -> None:
         self.app = protocol
+        self.app_data = protocol.data_received
 
     def get_protocol(self) -> Any:
         return self.app

@@ -29,6 +29,7 @@ calls its methods), so that it compiles to a native class (see docs/router.md, "
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from httptools import (
@@ -79,6 +80,11 @@ def fields_to_pairs(fields: bytes) -> Headers:
     return out
 
 
+def not_connected(data: bytes) -> None:
+    """The ``send`` of a protocol before ``connection_made`` (never called in order)."""
+    raise RuntimeError("write before the connection was made")
+
+
 class _HeadResponse(Exception):
     """Raised from on_headers_complete to stop parsing a response to HEAD (it has no body)."""
 
@@ -111,7 +117,8 @@ class UpstreamConn:
         self.ctx = ctx
         self.backend = backend
         self.transport: asyncio.Transport | None = None
-        self.parser = HttpResponseParser(self)
+        self.send: Callable[[bytes], object] = not_connected  # transport.write, once connected
+        self._new_parser()
         self.sink: Exchange | None = None
         self.idle_since = 0.0
         self.uses = 0  # exchanges started on this connection
@@ -130,6 +137,14 @@ class UpstreamConn:
         self.length = -1  # 0 when the response has a Content-Length (its value is not needed), else -1
         self.chunked = False
         self.upgrade = b""
+
+    def _new_parser(self) -> None:
+        # bound methods kept: a method called by name from compiled code is looked up on its
+        # type every time (docs/router.md, "Performance")
+        parser = self.parser = HttpResponseParser(self)
+        self.feed: Callable[[bytes], None] = parser.feed_data
+        self.status_code: Callable[[], int] = parser.get_status_code
+        self.keeps_alive: Callable[[], bool] = parser.should_keep_alive
 
     def __repr__(self) -> str:
         return f"<UpstreamConn {self.backend.key} uses={self.uses} closed={self.closed}>"
@@ -154,7 +169,7 @@ class UpstreamConn:
         self.out = None
         transport = self.transport
         if not self.closed and transport is not None:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.send(out[0] if len(out) == 1 else b"".join(out))
 
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the idle pool when possible, closed otherwise."""
@@ -199,6 +214,7 @@ class UpstreamConn:
     # --- asyncio protocol ----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.send = transport.write
         self.ctx.stats.upstream_connections += 1
         self.backend.conns.add(self)
 
@@ -211,13 +227,13 @@ class UpstreamConn:
         if not self.head_done:
             self.rbuf = self.rbuf + data if self.rbuf else data
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0] :])
             return
         except HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponse):
-                self.parser = HttpResponseParser(self)
+                self._new_parser()
                 self._complete()
                 return
             self._protocol_error(f"callback: {exc.__context__!r}")
@@ -308,8 +324,7 @@ class UpstreamConn:
         self.length = length
         self.chunked = chunked
         self.status_line = status_line
-        parser = self.parser
-        status: int = parser.get_status_code()
+        status = self.status_code()
         if status < 200 and status != 101:
             self.rstart = start + len(head) + 4  # a final response follows, maybe in the same bytes
             self.interim = True
@@ -317,7 +332,7 @@ class UpstreamConn:
             return
         self.rbuf = b""
         self.rstart = 0
-        self.keep_alive = parser.should_keep_alive()
+        self.keep_alive = self.keeps_alive()
         self.head_done = True
         if status == 101:
             self.interim = True  # its message end is not the exchange's end: a tunnel follows
