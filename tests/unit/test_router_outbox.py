@@ -1,7 +1,8 @@
-"""Upstream writes gathered per loop iteration (flynn.router.upstream.Outbox and
-UpstreamConn.write/flush/close/abort): first against a recording transport, where "not sent
-yet" can be seen, then over real sockets to a raw server. Whole requests through a router with
-gathered writes are in every other router test (bodies, chunked, retries, tunnels, TLS)."""
+"""Writes gathered per loop iteration (flynn.router.outbox.Outbox; UpstreamConn.write/flush/
+close/abort): first against a recording transport, where "not sent yet" can be seen, then over
+real sockets to a raw server. Whole requests through a router with gathered writes are in every
+other router test (bodies, chunked, retries, tunnels, TLS); TLSConn's use of it in
+test_router_tlsconn.py."""
 
 from __future__ import annotations
 
@@ -101,6 +102,25 @@ async def test_a_connection_lost_before_the_send_gets_no_write() -> None:
     a.connection_lost(ConnectionResetError())
     await next_iteration()
     assert ta.calls == []
+
+
+@on_uvloop
+async def test_connections_are_flushed_in_the_order_they_queued() -> None:
+    ctx = context()
+    backend = Backend("web", (LOCAL, 1))
+    order: list[bytes] = []
+    conns = []
+    for _ in range(3):
+        conn = UpstreamConn(ctx, backend)
+        transport = Transport()
+        transport.write = order.append  # type: ignore[method-assign,assignment]
+        conn.connection_made(transport)
+        conns.append(conn)
+    for i in (2, 0, 1):
+        conns[i].write(b"%d" % i)
+    assert order == []
+    await asyncio.sleep(0)
+    assert order == [b"2", b"0", b"1"]
 
 
 class RawServer:

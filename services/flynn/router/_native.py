@@ -35,6 +35,7 @@ COMPILED = (
     "backends",
     "routes",
     "timeouts",
+    "outbox",
     "upstream",
     "proxy",
     "http1",

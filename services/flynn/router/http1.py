@@ -49,10 +49,11 @@ from flynn.router.headers import (
     sticky_set_cookie,
     valid_request_id,
 )
+from flynn.router.outbox import not_connected
 from flynn.router.proxy import Exchange, ProxyContext
 from flynn.router.responses import Answer
 from flynn.router.tunnel import Tunnel
-from flynn.router.upstream import UpstreamConn, not_connected
+from flynn.router.upstream import UpstreamConn
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from typing import Any
 from flynn.router.backends import Backend, Service
 from flynn.router.config import RouterConfig
 from flynn.router.headers import IDEMPOTENT, RequestIds, cookie_value, https_location
+from flynn.router.outbox import Outbox
 from flynn.router.responses import Answer, redirect
 from flynn.router.routes import HTTPRoute, RouteTable
 from flynn.router.stats import Stats
 from flynn.router.timeouts import Reaper
-from flynn.router.upstream import Outbox, UpstreamConn, connect, take_idle
+from flynn.router.upstream import UpstreamConn, connect, take_idle
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ProxyContext:
         # settings read on every request, copied out of the (frozen dataclass) config
         self.upstream_max_idle = config.upstream_max_idle
         self.upstream_attempts = config.upstream_attempts
-        self.outbox = Outbox(loop)  # upstream writes, sent once per loop iteration
+        self.outbox = Outbox(loop)  # upstream and TLS writes, sent once per loop iteration
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self.loop.create_task(coro)

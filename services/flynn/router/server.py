@@ -58,7 +58,7 @@ def tls_listener(ctx: ProxyContext, port: int, sslctx: ssl.SSLContext) -> Callab
         return H1Conn(ctx, port, tls=True)
 
     timeout = ctx.config.tls_handshake_timeout
-    return lambda: TLSConn(sslctx, choose, ctx.clock, ctx.stats, timeout)
+    return lambda: TLSConn(sslctx, choose, ctx.clock, ctx.stats, timeout, ctx.outbox)
 
 
 class Router:

@@ -13,8 +13,10 @@ The exception remains for what is not application data (the handshake, a TLS 1.3
 handled the same way.
 
 Sending: ``write()`` encrypts at once into the outgoing BIO, and what gathered there leaves in
-one socket write at the end of the loop iteration, so the answers of several HTTP/2 streams, or
-a head and its body, cost one send instead of one each (uvloop's TLS transport does the same).
+one socket write at the end of the loop iteration (the router's :mod:`~flynn.router.outbox`), so
+the answers of several HTTP/2 streams, or a head and its body, cost one send instead of one each
+(uvloop's TLS transport does the same). Sending each HTTP/1.1 answer at once instead was
+measured and cost more CPU per request (docs/router.md, "Performance").
 
 Flow control: the HTTP protocol's ``pause_reading()`` stops the socket and leaves the records
 already received in the BIO; ``resume_reading()`` decrypts them (on the next loop iteration) and
@@ -33,9 +35,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from flynn.router.outbox import Flushable, Outbox, not_connected
 from flynn.router.stats import Stats
 from flynn.router.timeouts import Reaper
-from flynn.router.upstream import not_connected
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ READ_SIZE = 16384  # a TLS record carries at most 16 KiB of plaintext; one read(
 HANDSHAKE, OPEN, CLOSED = 0, 1, 2
 
 
-class TLSConn:
+class TLSConn(Flushable):
     """Server side of one TLS connection; ``choose(sslobj)`` gives the protocol to hand the
     plaintext to once the handshake is done (by ALPN)."""
 
@@ -55,12 +57,16 @@ class TLSConn:
         clock: Reaper,
         stats: Stats,
         handshake_timeout: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.context = context
         self.choose = choose
         self.clock = clock
         self.stats = stats
         self.handshake_timeout = handshake_timeout
+        # where writes wait for the end of the loop iteration: the router's, shared by all
+        # its connections; one of its own when none is given (tests)
+        self.outbox = outbox if outbox is not None else Outbox(clock.loop)
         self.state = HANDSHAKE
         self.deadline = 0.0
         self.raw: Any = None
@@ -78,7 +84,6 @@ class TLSConn:
         self.decrypt: Callable[[int], bytes] = self.ossl.read
         self.encrypt: Callable[[Any], int] = self.ossl.write
         self.plain_pending: Callable[[], int] = self.ossl.pending
-        self.call_soon: Callable[..., object] = clock.loop.call_soon
         self.send_raw: Callable[[bytes], object] = not_connected  # the socket's write
         self.app_data: Callable[[bytes], object] = not_connected  # the HTTP protocol's
         self.paused = False
@@ -264,9 +269,9 @@ class TLSConn:
         self.encrypt(data)  # a record into the outgoing BIO; sent below, with the others
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.call_soon(self._send)
+            self.outbox.add(self)
 
-    def _send(self) -> None:
+    def flush(self) -> None:
         # once per loop iteration: every record written meanwhile (HTTP/2 answers of several
         # streams, a head and its body, ...) leaves in one send
         self.flush_scheduled = False

@@ -16,8 +16,8 @@ When the exchange ends with the connection still usable it goes back to its back
 too long.
 
 Writes to backends are gathered: what an exchange writes during one loop iteration is sent when
-that iteration's callbacks are done (:class:`Outbox`), so the router first reads every request
-that is waiting and then sends them all, as HAProxy does. Sent at once, the first request wakes
+that iteration's callbacks are done (:mod:`flynn.router.outbox`), so the router first reads
+every request that is waiting and then sends them all, as HAProxy does. Sent at once, the first request wakes
 the backend, which on a shared CPU then preempts the router after each request it forwards
 (docs/router.md, "Performance"). Per connection the order of writes, and of a write and a
 ``close()``, is kept.
@@ -38,6 +38,8 @@ from httptools import (
     HttpParserUpgrade,
     HttpResponseParser,
 )
+
+from flynn.router.outbox import Flushable, not_connected
 
 if TYPE_CHECKING:
     from flynn.router.backends import Backend
@@ -80,37 +82,11 @@ def fields_to_pairs(fields: bytes) -> Headers:
     return out
 
 
-def not_connected(data: bytes) -> None:
-    """The ``send`` of a protocol before ``connection_made`` (never called in order)."""
-    raise RuntimeError("write before the connection was made")
-
-
 class _HeadResponse(Exception):
     """Raised from on_headers_complete to stop parsing a response to HEAD (it has no body)."""
 
 
-class Outbox:
-    """The upstream connections with writes waiting: sent together once per loop iteration."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.conns: list[UpstreamConn] = []
-
-    def add(self, conn: UpstreamConn) -> None:
-        if not self.conns:
-            # call_soon runs after the callbacks of the events being handled (every request
-            # read in this iteration) and before the loop waits for more
-            self.loop.call_soon(self.send)
-        self.conns.append(conn)
-
-    def send(self) -> None:
-        conns = self.conns
-        self.conns = []
-        for conn in conns:
-            conn.flush()
-
-
-class UpstreamConn:
+class UpstreamConn(Flushable):
     """One connection to a backend (an asyncio protocol), carrying one exchange at a time."""
 
     def __init__(self, ctx: ProxyContext, backend: Backend) -> None:
