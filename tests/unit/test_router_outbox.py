@@ -50,6 +50,11 @@ def attached(ctx: ProxyContext, backend: Backend) -> tuple[UpstreamConn, Transpo
     return conn, transport
 
 
+def two_attached(ctx: ProxyContext) -> tuple[tuple[UpstreamConn, Transport], ...]:
+    backend = Backend("web", (LOCAL, 1))
+    return attached(ctx, backend), attached(ctx, backend)
+
+
 async def next_iteration() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -58,8 +63,7 @@ async def next_iteration() -> None:
 @on_uvloop
 async def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -> None:
     ctx = context()
-    backend = Backend("web", (LOCAL, 1))
-    (a, ta), (b, tb) = attached(ctx, backend), attached(ctx, backend)
+    (a, ta), (b, tb) = two_attached(ctx)
     a.write(b"GET /a HTTP/1.1\r\n")
     b.write(b"GET /b HTTP/1.1\r\n\r\n")
     a.write(b"Host: x\r\n\r\n")
@@ -78,8 +82,7 @@ async def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -
 @on_uvloop
 async def test_close_sends_what_was_written_first_abort_drops_it() -> None:
     ctx = context()
-    backend = Backend("web", (LOCAL, 1))
-    (a, ta), (b, tb) = attached(ctx, backend), attached(ctx, backend)
+    (a, ta), (b, tb) = two_attached(ctx)
     a.write(b"request")
     a.close()
     assert ta.taken() == [("write", b"request"), ("close", b"")]

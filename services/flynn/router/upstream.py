@@ -17,10 +17,10 @@ too long.
 
 Writes to backends are gathered: what an exchange writes during one loop iteration is sent when
 that iteration's callbacks are done (:mod:`flynn.router.outbox`), so the router first reads
-every request that is waiting and then sends them all, as HAProxy does. Sent at once, the first request wakes
-the backend, which on a shared CPU then preempts the router after each request it forwards
-(docs/router.md, "Performance"). Per connection the order of writes, and of a write and a
-``close()``, is kept.
+every request that is waiting and then sends them all, as HAProxy does. Sent at once, the first
+request wakes the backend, which on a shared CPU then preempts the router after each request it
+forwards (docs/router.md, "Performance"). Per connection the order of writes, and of a write
+and a ``close()``, is kept.
 
 The class is an asyncio protocol without deriving from :class:`asyncio.Protocol` (asyncio only
 calls its methods), so that it compiles to a native class (see docs/router.md, "Compiled").
