@@ -29,7 +29,6 @@ python3Packages.buildPythonApplication {
       click
       cryptography
       dnslib
-      h2
       httptools
       psycopg
       psycopg-pool

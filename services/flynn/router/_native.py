@@ -39,6 +39,8 @@ COMPILED = (
     "upstream",
     "proxy",
     "http1",
+    "hpack",
+    "h2wire",
     "http2",
     "tunnel",
     "tlsconn",
