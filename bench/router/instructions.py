@@ -5,8 +5,9 @@ CPU time per request on a shared 2-core machine moves by +-20 % between runs; th
 instructions a proxy executes for a request does not. Each proxy is started under callgrind with
 instrumentation off, warmed up (``h2load --h1 -n 2000 -c 64``: connections open, pools full),
 then instrumentation is switched on for ``-n N`` more requests over 64 new kept-alive
-connections and off again. Reported per request: all instructions, the TLS handshakes' share
-(64 per measurement, from ``SSL_do_handshake``) and what is left (the steady state a kept-alive
+connections (mode h2: HTTP/2 over 8 connections of 8 concurrent streams, as in bench.py) and off
+again. Reported per request: all instructions, the TLS handshakes' share (64 per measurement, 8
+for h2, from ``SSL_do_handshake``) and what is left (the steady state a kept-alive
 client sees), by library. The same backend and configurations as bench/router/bench.py.
 
 Instructions are not time: Python code retires fewer instructions per cycle than HAProxy's C
@@ -47,9 +48,11 @@ def start(argv: list[str], out: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
-def h2load(url: str, n: int, clients: int = 64) -> None:
+def h2load(url: str, n: int, clients: int = 64, http2: bool = False) -> None:
+    """``n`` requests over ``clients`` connections: HTTP/1.1, or HTTP/2 with 8 streams each."""
+    proto = ["-m", "8"] if http2 else ["--h1"]
     out = subprocess.run(
-        ["h2load", "--h1", "-n", str(n), "-c", str(clients), url],
+        ["h2load", *proto, "-n", str(n), "-c", str(clients), url],
         capture_output=True,
         text=True,
         check=False,  # judged by its own report below
@@ -63,7 +66,8 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=True)
 
 
-def measure(proc: subprocess.Popen[bytes], out: Path, url: str, n: int) -> dict[str, float]:
+def measure(proc: subprocess.Popen[bytes], out: Path, url: str, n: int, http2: bool) -> dict[str, float]:
+    clients = 8 if http2 else 64
     try:
         deadline = time.monotonic() + 180  # the router imports its modules under valgrind: slow
         while True:
@@ -74,9 +78,9 @@ def measure(proc: subprocess.Popen[bytes], out: Path, url: str, n: int) -> dict[
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"bench: nothing answers at {url}") from None
                 time.sleep(1)
-        h2load(url, WARM)
+        h2load(url, WARM, clients, http2)
         control(proc.pid, "-i", "on")
-        h2load(url, n)
+        h2load(url, n, clients, http2)
         control(proc.pid, "-i", "off")
         control(proc.pid, "-d")
     finally:
@@ -143,7 +147,7 @@ def _group(name: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=5000, help="measured requests per target and mode")
-    ap.add_argument("--modes", default="plain,tls", help="comma-separated: plain, tls")
+    ap.add_argument("--modes", default="plain,tls,h2", help="comma-separated: plain, tls, h2")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flynn-router-instr-"))
     cert, key, both = bench.make_cert(tmp)
@@ -164,7 +168,7 @@ def main() -> int:
                     raise SystemExit(f"bench: something already listens on 127.0.0.1:{port}")
         routes = bench.router_routes(tmp)
         for mode in args.modes.split(","):
-            scheme, idx = ("https", 1) if mode == "tls" else ("http", 0)
+            scheme, idx = ("http", 0) if mode == "plain" else ("https", 1)
             for name in ("flynn-router", "haproxy"):
                 out = tmp / f"cg-{name}-{mode}.out"
                 if name == "haproxy":
@@ -185,11 +189,14 @@ def main() -> int:
                     proc = start(argv, out, env)
                     port = ROUTER_PORTS[idx]
                 print(f"bench: {name} {mode} under callgrind ...", file=sys.stderr)
-                rows[(mode, name)] = measure(proc, out, f"{scheme}://127.0.0.1:{port}/", args.n)
+                rows[(mode, name)] = measure(proc, out, f"{scheme}://127.0.0.1:{port}/", args.n, mode == "h2")
     finally:
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait(10)
-    print(f"\nInstructions per request (callgrind, {args.n} requests over 64 kept-alive connections)")
+    print(
+        f"\nInstructions per request (callgrind, {args.n} requests over 64 kept-alive connections;"
+        " h2: 8 connections of 8 streams)"
+    )
     for mode in args.modes.split(","):
         r, h = rows[(mode, "flynn-router")], rows[(mode, "haproxy")]
         print(f"\n{mode}: {'':24}{'flynn-router':>14}{'haproxy':>14}")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from flynn.router import upstream
 from flynn.router.headers import RequestIds, field_class
 from tests.unit.router_helpers import LOCAL, on_uvloop, raw, running_router, status_of
 
@@ -201,3 +202,19 @@ def test_request_ids_stay_unique_and_fixed_width_across_the_table_boundary() -> 
     assert {len(i) for i in seen} == {32}
     assert len({i[:16] for i in seen}) == 1  # one random prefix per process
     assert [int(i[16:], 16) for i in seen] == list(range(1, len(seen) + 1))
+
+
+def test_fields_to_pairs_cache_gives_each_line_its_own_pair() -> None:
+    """Response field lines split for HTTP/2 are cached by line: the same answers as splitting
+    afresh, whatever came before, and the cache stays bounded."""
+    upstream._PAIRS.clear()
+    head = b"\r\nServer: nginx\r\nContent-Length: 44\r\nX-A:  spaced  \r\nX-Long: " + b"v" * 200
+    want = [(b"server", b"nginx"), (b"content-length", b"44"), (b"x-a", b"spaced"), (b"x-long", b"v" * 200)]
+    assert upstream.fields_to_pairs(head) == want
+    assert upstream.fields_to_pairs(head) == want  # from the cache now
+    assert b"X-Long: " + b"v" * 200 not in upstream._PAIRS  # long lines are not kept
+    assert upstream.fields_to_pairs(b"\r\nContent-Length: 45") == [(b"content-length", b"45")]
+    for i in range(upstream.PAIRS_CACHED + 10):
+        upstream.fields_to_pairs(b"\r\nX-N: %d" % i)
+    assert len(upstream._PAIRS) <= upstream.PAIRS_CACHED
+    assert upstream.fields_to_pairs(head) == want

@@ -233,12 +233,20 @@ async def test_writes_of_one_loop_iteration_leave_in_one_send(tmp_path: Path) ->
     pair = Pair(tmp_path, App())
     await pair.handshake()
     pair.conn.write(b"HTTP/1.1 200 OK\r\n")
-    pair.conn.write(b"Content-Length: 2\r\n\r\n")
+    buf = bytearray(b"Content-Length: 2\r\n\r\n")
+    pair.conn.write(buf)
+    buf[:7] = b"XXXXXXX"  # the caller's buffer, reused: what was written is kept as it was
     pair.conn.write(memoryview(b"ok"))
     assert pair.sock.sent == []  # nothing sent yet
     assert pair.conn.get_write_buffer_size() > 0
     await asyncio.sleep(0)
     assert len(pair.sock.sent) == 1
+    # and encrypted together: one TLS record (5-byte headers: type, version, length)
+    sent, records, pos = pair.sock.sent[0], 0, 0
+    while pos < len(sent):
+        records += 1
+        pos += 5 + int.from_bytes(sent[pos + 3 : pos + 5], "big")
+    assert records == 1
     pair.to_client()
     assert pair.client_reads() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

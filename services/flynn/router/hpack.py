@@ -254,19 +254,23 @@ def valid_value(value: bytes) -> bool:
     return b"\r" not in value and b"\n" not in value and b"\0" not in value
 
 
-def encode_int(out: bytearray, first: int, prefix: int, value: int) -> None:
+BYTES: Final[tuple[bytes, ...]] = tuple(bytes((i,)) for i in range(256))
+
+
+def encode_int(out: list[bytes], first: int, prefix: int, value: int) -> None:
     """Append ``value`` as an HPACK integer with a ``prefix``-bit prefix; ``first`` carries the
     bits of the first byte above the prefix."""
     limit = (1 << prefix) - 1
     if value < limit:
-        out.append(first | value)
+        out.append(BYTES[first | value])
         return
-    out.append(first | limit)
+    rest = bytearray((first | limit,))
     value -= limit
     while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
+        rest.append((value & 0x7F) | 0x80)
         value >>= 7
-    out.append(value)
+    rest.append(value)
+    out.append(bytes(rest))
 
 
 class Decoder:
@@ -423,23 +427,28 @@ class Encoder:
             del entries[:drop]
 
     def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        out = bytearray()
+        # pieces joined once at the end: appending to a list is a native operation in the
+        # compiled module, appending to a bytearray a method call
+        out: list[bytes] = []
         if self.size_update >= 0:
             if self.size_update < self.max_size:  # the lowest value first, then the current
                 encode_int(out, 0x20, 5, self.size_update)
             encode_int(out, 0x20, 5, self.max_size)
             self.size_update = -1
         pairs = self.pairs
-        for name, value in headers:
-            key = (name, value)
+        for key in headers:
             index = STATIC_PAIRS.get(key, 0)
             if not index:
                 number = pairs.get(key, -1)
                 if number >= 0:
                     index = STATIC_LEN + self.inserted - number
             if index:
-                encode_int(out, 0x80, 7, index)
+                if index < 0x7F:
+                    out.append(BYTES[0x80 | index])
+                else:
+                    encode_int(out, 0x80, 7, index)
                 continue
+            name, value = key
             name_index = STATIC_NAMES.get(name, 0)
             if not name_index:
                 number = self.names.get(name, -1)
@@ -450,9 +459,9 @@ class Encoder:
             encode_int(out, 0x40 if indexing else 0x00, 6 if indexing else 4, name_index)
             if not name_index:
                 encode_int(out, 0, 7, len(name))
-                out += name
+                out.append(name)
             encode_int(out, 0, 7, len(value))
-            out += value
+            out.append(value)
             if indexing:
                 number = self.inserted
                 self.inserted += 1
@@ -461,7 +470,7 @@ class Encoder:
                 self.names[name] = number
                 self.size += size
                 self._evict()
-        return bytes(out)
+        return b"".join(out)
 
 
 def _static_pairs() -> dict[tuple[bytes, bytes], int]:

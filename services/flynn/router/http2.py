@@ -318,7 +318,14 @@ class H2Conn(H2Wire):
         if method == b"CONNECT":
             self._reject(stream, Answer(405))
             return
-        host = normalize_host(authority) if authority else None
+        hosts = ctx.hosts  # authorities already normalized (shared with HTTP/1.1's Host)
+        host = hosts.get(authority)
+        if host is None and authority:
+            host = normalize_host(authority)
+            if host is not None:
+                if len(hosts) > 4096:
+                    hosts.clear()
+                hosts[authority] = host
         if host is None:
             self._reject(stream, Answer(400, b"missing or bad :authority\n"))
             return
