@@ -205,16 +205,23 @@ def test_request_ids_stay_unique_and_fixed_width_across_the_table_boundary() -> 
 
 
 def test_fields_to_pairs_cache_gives_each_line_its_own_pair() -> None:
-    """Response field lines split for HTTP/2 are cached by line: the same answers as splitting
-    afresh, whatever came before, and the cache stays bounded."""
+    """Response heads split for HTTP/2 are cached, whole and by line: the same answers as
+    splitting afresh, whatever came before, and the caches stay bounded."""
     upstream._PAIRS.clear()
+    upstream._HEADS.clear()
     head = b"\r\nServer: nginx\r\nContent-Length: 44\r\nX-A:  spaced  \r\nX-Long: " + b"v" * 200
-    want = [(b"server", b"nginx"), (b"content-length", b"44"), (b"x-a", b"spaced"), (b"x-long", b"v" * 200)]
+    want = ((b"server", b"nginx"), (b"content-length", b"44"), (b"x-a", b"spaced"), (b"x-long", b"v" * 200))
     assert upstream.fields_to_pairs(head) == want
+    assert head in upstream._HEADS
     assert upstream.fields_to_pairs(head) == want  # from the cache now
     assert b"X-Long: " + b"v" * 200 not in upstream._PAIRS  # long lines are not kept
-    assert upstream.fields_to_pairs(b"\r\nContent-Length: 45") == [(b"content-length", b"45")]
+    # another head made of the same lines but one: the lines come from their cache
+    other = head.replace(b"44", b"45")
+    assert upstream.fields_to_pairs(other) == (want[0], (b"content-length", b"45"), *want[2:])
     for i in range(upstream.PAIRS_CACHED + 10):
         upstream.fields_to_pairs(b"\r\nX-N: %d" % i)
     assert len(upstream._PAIRS) <= upstream.PAIRS_CACHED
+    assert len(upstream._HEADS) <= upstream.HEADS_CACHED
     assert upstream.fields_to_pairs(head) == want
+    assert upstream.fields_to_pairs(b"\r\nX-Big: " + b"b" * 2000) == ((b"x-big", b"b" * 2000),)
+    assert b"\r\nX-Big: " + b"b" * 2000 not in upstream._HEADS  # a long head is not kept

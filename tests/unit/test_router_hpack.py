@@ -190,4 +190,4 @@ def test_encoder_indexes_repeated_fields() -> None:
     assert len(first) > len(again)
     cookie = [(b"set-cookie", b"session=secret")]
     assert e.encode(cookie) == e.encode(cookie)  # never added to the table
-    assert (b"set-cookie", b"session=secret") not in e.pairs
+    assert (b"set-cookie", b"session=secret") not in e.known

@@ -194,10 +194,10 @@ def test_small_header_helpers() -> None:
     assert cookie_value([b"x_backend=no"], b"_backend") is None
     assert https_location(b"a.test:80", b"/p?q") == b"https://a.test/p?q"
     assert https_location(b"[::1]:80", b"/") == b"https://[::1]/"
-    assert fields_to_pairs(b"\r\nContent-Type: text/plain\r\nX-A:  b ") == [
+    assert fields_to_pairs(b"\r\nContent-Type: text/plain\r\nX-A:  b ") == (
         (b"content-type", b"text/plain"),
         (b"x-a", b"b"),
-    ]
+    )
 
 
 def test_config_from_env_and_tick() -> None:

@@ -604,6 +604,14 @@ class H2Wire:
             self.out.append(frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.unacked)))
             stream.unacked = 0
 
+    def _put(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+        """Queue a frame as its header and its payload (joined once, in ``take_output``)."""
+        n = len(payload)
+        out = self.out
+        out.append(_HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, sid))
+        if n:
+            out.append(payload)
+
     def send_window(self, sid: int) -> int:
         stream = self.streams.get(sid)
         if stream is None or stream.local_closed:
@@ -623,7 +631,7 @@ class H2Wire:
         flags = FLAG_END_STREAM if end else 0
         size = self.max_frame
         if len(block) <= size:
-            self.out.append(frame(HEADERS, flags | FLAG_END_HEADERS, sid, block))
+            self._put(HEADERS, flags | FLAG_END_HEADERS, sid, block)
         else:
             self.out.append(frame(HEADERS, flags, sid, block[:size]))
             for pos in range(size, len(block), size):
@@ -644,7 +652,7 @@ class H2Wire:
         n = len(data)
         stream.send_window -= n
         self.send_window_conn -= n
-        self.out.append(frame(DATA, FLAG_END_STREAM if end else 0, sid, data))
+        self._put(DATA, FLAG_END_STREAM if end else 0, sid, data)
         if end:
             self._local_end(stream)
         return True

@@ -23,7 +23,7 @@ a change is announced at the start of the next block.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 
 class HPACKError(Exception):
@@ -399,7 +399,8 @@ class Encoder:
         self.size = 0
         self.inserted = 0  # entries ever added: entry number k has index 62 + inserted - 1 - k
         self.entries: list[tuple[bytes, bytes, int]] = []  # oldest first, with their numbers
-        self.pairs: dict[tuple[bytes, bytes], int] = {}  # field -> entry number (the newest)
+        # field -> -(static index), or the number of its newest dynamic entry: one lookup
+        self.known: dict[object, int] = dict(STATIC_KNOWN)
         self.names: dict[bytes, int] = {}  # name -> entry number (the newest)
         self.size_update = -1  # a table size to announce at the next block
 
@@ -418,8 +419,8 @@ class Encoder:
             name, value, number = entries[drop]
             self.size -= len(name) + len(value) + ENTRY_OVERHEAD
             key = (name, value)
-            if self.pairs.get(key) == number:
-                del self.pairs[key]
+            if self.known.get(key) == number:
+                del self.known[key]
             if self.names.get(name) == number:
                 del self.names[name]
             drop += 1
@@ -435,20 +436,20 @@ class Encoder:
                 encode_int(out, 0x20, 5, self.size_update)
             encode_int(out, 0x20, 5, self.max_size)
             self.size_update = -1
-        pairs = self.pairs
-        for key in headers:
-            index = STATIC_PAIRS.get(key, 0)
-            if not index:
-                number = pairs.get(key, -1)
-                if number >= 0:
-                    index = STATIC_LEN + self.inserted - number
-            if index:
+        known = self.known
+        # the fields as the objects they are: a field typed as a tuple would be unpacked by the
+        # compiled code and packed into a new tuple for every dictionary lookup
+        fields = cast("list[object]", headers)
+        for key in fields:
+            number = known.get(key, NOT_KNOWN)
+            if number != NOT_KNOWN:
+                index = -number if number < 0 else STATIC_LEN + self.inserted - number
                 if index < 0x7F:
                     out.append(BYTES[0x80 | index])
                 else:
                     encode_int(out, 0x80, 7, index)
                 continue
-            name, value = key
+            name, value = cast("tuple[bytes, bytes]", key)
             name_index = STATIC_NAMES.get(name, 0)
             if not name_index:
                 number = self.names.get(name, -1)
@@ -466,7 +467,7 @@ class Encoder:
                 number = self.inserted
                 self.inserted += 1
                 self.entries.append((name, value, number))
-                pairs[key] = number
+                known[key] = number
                 self.names[name] = number
                 self.size += size
                 self._evict()
@@ -489,4 +490,6 @@ def _static_names() -> dict[bytes, int]:
 
 
 STATIC_PAIRS: Final[dict[tuple[bytes, bytes], int]] = _static_pairs()
+STATIC_KNOWN: Final[dict[object, int]] = {key: -index for key, index in STATIC_PAIRS.items()}
+NOT_KNOWN: Final = 1 << 62
 STATIC_NAMES: Final[dict[bytes, int]] = _static_names()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any
 
 from flynn.router.h2wire import INTERNAL_ERROR, NO_ERROR, H2Wire, WireStream
@@ -50,7 +49,7 @@ class H2Stream(Exchange):
         self.conn = conn
         self.sid = sid
         self.headers_out: list[tuple[bytes, bytes]] | None = None  # response head not sent yet
-        self.outbuf: deque[bytes] = deque()  # response body waiting for send window
+        self.outbuf: list[bytes] = []  # response body waiting for send window (a list: native)
         self.end_pending = False
         self.reading = True
         self.unacked = 0
@@ -154,7 +153,7 @@ class H2Stream(Exchange):
             chunk = outbuf[0]
             n = min(window, conn.max_frame, len(chunk))
             if n == len(chunk):
-                outbuf.popleft()
+                del outbuf[0]
                 last = self.end_pending and not outbuf
                 conn.send_data(sid, chunk, last)
                 if last:

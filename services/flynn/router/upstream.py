@@ -72,15 +72,22 @@ def _named(line: bytes, name: bytes) -> bool:
     return True
 
 
-# response field lines already split (HTTP/2 answers): a backend sends the same lines again and
-# again (Server, Content-Type, most Content-Lengths), and splitting one costs three bytes-method
-# calls; bounded (cleared when full), short lines only
+# response heads already split into pairs (HTTP/2 answers), whole and by line: a backend sends
+# the same head again and again (within a second, Date included) and, failing that, the same
+# lines (Server, Content-Type, most Content-Lengths); splitting a line costs three bytes-method
+# calls. Bounded (each cleared when full); short heads and lines only.
+_HEADS: Final[dict[bytes, tuple[tuple[bytes, bytes], ...]]] = {}
 _PAIRS: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+HEADS_CACHED = 256
 PAIRS_CACHED = 2048
 
 
-def fields_to_pairs(fields: bytes) -> Headers:
-    """``b"\\r\\nName: value..."`` -> ``[(b"name", b"value"), ...]`` (names lower-cased)."""
+def fields_to_pairs(fields: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """``b"\\r\\nName: value..."`` -> ``((b"name", b"value"), ...)`` (names lower-cased)."""
+    heads = _HEADS
+    known = heads.get(fields)
+    if known is not None:
+        return known
     out: Headers = []
     cache = _PAIRS
     for line in fields.split(b"\r\n"):
@@ -95,7 +102,12 @@ def fields_to_pairs(fields: bytes) -> Headers:
                     cache.clear()
                 cache[line] = pair
         out.append(pair)
-    return out
+    result = tuple(out)
+    if len(fields) <= 1024:
+        if len(heads) >= HEADS_CACHED:
+            heads.clear()
+        heads[fields] = result
+    return result
 
 
 class _HeadResponse(Exception):
