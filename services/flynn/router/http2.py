@@ -16,7 +16,6 @@ Timeouts: the client preface and first request within ``header_timeout``, and
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -34,6 +33,7 @@ from flynn.router.headers import (
 )
 from flynn.router.proxy import Exchange, ProxyContext
 from flynn.router.responses import Answer
+from flynn.router.tlsconn import TLSConn
 from flynn.router.upstream import Headers, UpstreamConn, fields_to_pairs
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class H2Stream(Exchange):
                         self.upstream.pause_reading()
                 return
             chunk = outbuf[0]
-            n = min(window, conn.max_frame, len(chunk))
+            # min() of two ints is native in the compiled module, of three a generic call
+            n = min(min(len(chunk), window), conn.max_frame)  # noqa: PLW3301
             if n == len(chunk):
                 del outbuf[0]
                 last = self.end_pending and not outbuf
@@ -192,7 +193,7 @@ class H2Conn(H2Wire):
         self.ctx = ctx
         self.cfg = cfg
         self.port = port
-        self.transport: asyncio.Transport | None = None
+        self.transport: TLSConn | None = None  # HTTP/2 is offered over TLS only
         self.h2_streams: dict[int, H2Stream] = {}
         self.blocked: list[H2Stream] = []
         self.deadline = 0.0
@@ -378,9 +379,10 @@ class H2Conn(H2Wire):
     def flush(self) -> None:
         if self.closed or self.transport is None:
             return
-        data = self.take_output()
-        if data:
-            self.transport.write(data)
+        out = self.out
+        if out:
+            self.out = []
+            self.transport.write_parts(out)  # joined once, with the rest, when encrypted
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

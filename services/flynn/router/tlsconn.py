@@ -277,6 +277,19 @@ class TLSConn(Flushable):
             self.flush_scheduled = True
             self.outbox.add(self)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """``write()`` of several pieces, without joining them first (the HTTP/2 frames)."""
+        if self.state != OPEN or not parts:
+            return
+        n = 0
+        for part in parts:
+            n += len(part)
+        self.plain.extend(parts)
+        self.plain_len += n
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.outbox.add(self)
+
     def flush(self) -> None:
         # once per loop iteration: everything written meanwhile (HTTP/2 frames of several
         # streams, a head and its body, ...) is encrypted in one call and leaves in one send
