@@ -199,6 +199,47 @@ def test_connection_errors(case: str) -> None:
     assert c.send(PingFrame(0, b"12345678")) == []
 
 
+def test_header_block_in_too_many_frames() -> None:
+    """Empty CONTINUATION frames add no bytes but must still end (CVE-2024-27316)."""
+    c = client()
+    out = c.send(raw(1, 0, 1, b"\x82"), *[raw(9, 0, 1, b"")] * (h2wire.MAX_CONTINUATIONS + 1))
+    assert goaway(out) == h2wire.ENHANCE_YOUR_CALM
+
+
+def test_header_block_over_its_size_limit() -> None:
+    c = Client(max_header_list=1000)
+    c.handshake()
+    piece = b"\x00" * 16384
+    out = c.send(
+        raw(1, 0, 1, piece), raw(9, 0, 1, piece), raw(9, 0, 1, piece), raw(9, 0, 1, piece), raw(9, 0, 1, b"x")
+    )
+    assert goaway(out) == h2wire.ENHANCE_YOUR_CALM  # 65,537 bytes > max(4 x 1000, 65,536)
+
+
+def test_rapid_reset_ends_the_connection() -> None:
+    """Streams opened only to be reset (CVE-2023-44487): tolerated while they are not most of
+    the streams, or few."""
+    c = client()
+    sid = 1
+    for _ in range(h2wire.RESETS_ALLOWED):
+        c.request(sid, end=False)
+        assert c.send(RstStreamFrame(sid, error_code=h2wire.CANCEL)) == []
+        sid += 2
+    for _ in range(h2wire.RESETS_ALLOWED + 10):  # more answered: now under half were reset
+        c.request(sid)
+        c.wire.send_headers(sid, [(b":status", b"204")], True)
+        sid += 2
+    c.wire.take_output()
+    c.request(sid, end=False)
+    assert c.send(RstStreamFrame(sid, error_code=h2wire.CANCEL)) == []
+    assert not c.wire.failed
+    fresh = client()
+    for i in range(h2wire.RESETS_ALLOWED + 1):
+        fresh.request(2 * i + 1, end=False)
+        out = fresh.send(RstStreamFrame(2 * i + 1, error_code=h2wire.CANCEL))
+    assert goaway(out) == h2wire.ENHANCE_YOUR_CALM
+
+
 def test_new_stream_below_the_last_one_is_a_protocol_error() -> None:
     c = client()
     c.request(5)

@@ -87,6 +87,8 @@ DEFAULT_WINDOW: Final = 65535
 MAX_WINDOW: Final = (1 << 31) - 1
 DEFAULT_FRAME_SIZE: Final = 16384
 MAX_FRAME_SIZE: Final = (1 << 24) - 1
+RESETS_ALLOWED: Final = 200  # client resets tolerated before more than half the streams
+MAX_CONTINUATIONS: Final = 64  # frames of one header block
 CLOSED_MEMORY: Final = 256  # closed streams remembered, of each kind (how late frames are met)
 
 _HEAD: Final = struct.Struct(">BHBBL")  # length (high byte, low 16 bits), type, flags, stream
@@ -193,6 +195,8 @@ class H2Wire:
         self.n_pseudo = 0  # pseudo-header fields at the start of the last request's fields
         self.error = ""  # the connection error's reason, once ``failed``
         self.stream_errors = 0  # RST_STREAM sent for a broken stream (a malformed request, ...)
+        self.opened = 0  # streams the client opened
+        self.client_resets = 0  # open streams the client reset
 
     # --- hooks (the frontend overrides them; here, a wire that only keeps the protocol state)
     def on_request(self, stream: WireStream, fields: list[tuple[bytes, bytes]]) -> None:
@@ -385,7 +389,8 @@ class H2Wire:
     def _continuation(self, flags: int, payload: bytes) -> None:
         self.cont_parts.append(payload)
         self.cont_len += len(payload)
-        if self.cont_len > self.max_block:
+        if self.cont_len > self.max_block or len(self.cont_parts) > MAX_CONTINUATIONS:
+            # bounded in bytes and in frames (empty ones too: CVE-2024-27316)
             raise H2Error(ENHANCE_YOUR_CALM, "header block too large")
         if flags & FLAG_END_HEADERS:
             sid = self.cont_sid
@@ -422,6 +427,7 @@ class H2Wire:
         if len(self.streams) >= self.max_streams:
             self._stream_error(sid, REFUSED_STREAM)
             return
+        self.opened += 1
         stream = WireStream(sid, self.initial_window)
         if self.decoder.malformed or not self._request_head(stream, fields):
             self._stream_error(sid, PROTOCOL_ERROR)
@@ -564,6 +570,11 @@ class H2Wire:
             raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         if self.streams.pop(sid, None) is not None:
             remember(self.closed_sids, sid)
+            self.client_resets += 1
+            if self.client_resets > RESETS_ALLOWED and self.client_resets * 2 > self.opened:
+                # opening streams only to reset them makes the router start and drop upstream
+                # requests for nothing ("rapid reset", CVE-2023-44487)
+                raise H2Error(ENHANCE_YOUR_CALM, "most streams reset by the client")
             self.on_reset(sid)
 
     def _stream_error(self, sid: int, code: int) -> None:

@@ -248,11 +248,17 @@ class H2Conn(H2Wire):
         self.blocked.clear()
 
     def pause_writing(self) -> None:
+        # the client does not read what we send: stop reading it too (a client sending PINGs or
+        # SETTINGS without reading the answers would otherwise grow the buffer without end)
+        if self.transport is not None:
+            self.transport.pause_reading()
         for stream in self.h2_streams.values():
             if stream.upstream is not None:
                 stream.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
         for stream in self.h2_streams.values():
             if stream.upstream is not None and stream not in self.blocked:
                 stream.upstream.resume_reading()
