@@ -260,7 +260,9 @@ class H2Wire:
                     break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+                sid = (
+                    ((buf[pos + 5] & 0x7F) << 24) | (buf[pos + 6] << 16) | (buf[pos + 7] << 8) | buf[pos + 8]
+                )  # (native byte reads: a struct call costs more)
                 payload = buf[pos + 9 : end]
                 pos = end
                 self._frame(ftype, flags, sid, payload)

@@ -17,7 +17,7 @@ Timeouts: the client preface and first request within ``header_timeout``, and
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 from flynn.router.h2wire import INTERNAL_ERROR, NO_ERROR, H2Wire, WireStream
 from flynn.router.headers import (
@@ -38,6 +38,8 @@ from flynn.router.upstream import Headers, UpstreamConn, fields_to_pairs
 
 log = logging.getLogger(__name__)
 
+# the :status field of each common status (formatting one is a call, ~0.5k instructions)
+STATUS_FIELDS: Final[dict[int, tuple[bytes, bytes]]] = {n: (b":status", b"%d" % n) for n in range(100, 600)}
 CONNECTION_WINDOW = 1 << 20  # what all streams of a connection may have unacknowledged in total
 
 
@@ -93,7 +95,10 @@ class H2Stream(Exchange):
     def on_head(self, status: int, conn: UpstreamConn) -> None:
         self.responded = True
         self.ctx.stats.count_status(status)
-        out = [(b":status", b"%d" % status), *fields_to_pairs(conn.fields)]
+        field = STATUS_FIELDS.get(status)
+        if field is None:
+            field = (b":status", b"%d" % status)
+        out = [field, *fields_to_pairs(conn.fields)]
         if self.set_cookie is not None:
             out.append((b"set-cookie", sticky_set_cookie(self.ctx.sticky_name, self.set_cookie)))
         self.headers_out = out
