@@ -92,6 +92,8 @@ MAX_CONTINUATIONS: Final = 64  # frames of one header block
 CLOSED_MEMORY: Final = 256  # closed streams remembered, of each kind (how late frames are met)
 
 _HEAD: Final = struct.Struct(">BHBBL")  # length (high byte, low 16 bits), type, flags, stream
+# (bound once: a method called by name from compiled code is looked up on its type each time)
+_pack_head: Final = _HEAD.pack
 _SETTING: Final = struct.Struct(">HL")
 _U32: Final = struct.Struct(">L")
 _GOAWAY: Final = struct.Struct(">LL")
@@ -112,7 +114,7 @@ class H2Error(Exception):
 
 def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
     n = len(payload)
-    return _HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, sid) + payload
+    return _pack_head(n >> 16, n & 0xFFFF, ftype, flags, sid) + payload
 
 
 def remember(sids: set[int], sid: int) -> None:
@@ -621,7 +623,7 @@ class H2Wire:
         """Queue a frame as its header and its payload (joined once, in ``take_output``)."""
         n = len(payload)
         out = self.out
-        out.append(_HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, sid))
+        out.append(_pack_head(n >> 16, n & 0xFFFF, ftype, flags, sid))
         if n:
             out.append(payload)
 

@@ -197,6 +197,9 @@ class H2Conn(H2Wire):
         super().__init__(cfg.h2_max_streams, cfg.max_header_bytes, CONNECTION_WINDOW)
         self.ctx = ctx
         self.cfg = cfg
+        self.max_headers = cfg.max_headers  # (copied: attributes of the Python config object
+        self.max_body = cfg.max_body_bytes  # cost a lookup each)
+        self.idle_timeout = cfg.idle_timeout
         self.port = port
         self.transport: TLSConn | None = None  # HTTP/2 is offered over TLS only
         self.h2_streams: dict[int, H2Stream] = {}
@@ -292,7 +295,6 @@ class H2Conn(H2Wire):
 
     def on_request(self, wire: WireStream, fields: list[tuple[bytes, bytes]]) -> None:  # noqa: PLR0912, PLR0915
         ctx = self.ctx
-        cfg = self.cfg
         sid = wire.sid
         ctx.stats.requests += 1
         ctx.stats.active_h2_streams += 1
@@ -323,7 +325,7 @@ class H2Conn(H2Wire):
         self.h2_streams[sid] = stream
         if wire.remote_closed:
             stream.body_done = True
-        if wire.oversize or len(fields) > cfg.max_headers:
+        if wire.oversize or len(fields) > self.max_headers:
             self._reject(stream, Answer(431))
             return
         if method == b"CONNECT":
@@ -341,15 +343,18 @@ class H2Conn(H2Wire):
             self._reject(stream, Answer(400, b"missing or bad :authority\n"))
             return
         clen = wire.clen
-        if cfg.max_body_bytes and clen > cfg.max_body_bytes:
+        if self.max_body and clen > self.max_body:
             self._reject(stream, Answer(413))
             return
         has_body = not wire.remote_closed
         stream.has_body = has_body and clen != 0
         stream.chunked_up = has_body and clen < 0
         parts = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-        for name, value in hdrs:
-            parts += (name, b": ", value, b"\r\n")
+        for name, value in hdrs:  # (appends: native; += of a tuple is a generic call)
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         if cookies:
             parts += (b"cookie: ", b"; ".join(cookies), b"\r\n")
         if stream.chunked_up:
@@ -372,8 +377,8 @@ class H2Conn(H2Wire):
             self.ctx.stats.active_h2_streams -= 1
         if stream in self.blocked:
             self.blocked.remove(stream)
-        if not self.h2_streams and self.cfg.idle_timeout > 0 and not self.closed:
-            self.deadline = self.ctx.clock.now + self.cfg.idle_timeout
+        if not self.h2_streams and self.idle_timeout > 0 and not self.closed:
+            self.deadline = self.ctx.clock.now + self.idle_timeout
 
     def _unblock(self, sid: int) -> None:
         if not self.blocked:
