@@ -235,7 +235,7 @@ async def test_writes_of_one_loop_iteration_leave_in_one_send(tmp_path: Path) ->
     pair.conn.write(b"HTTP/1.1 200 OK\r\n")
     buf = bytearray(b"Content-Length: 2\r\n\r\n")
     pair.conn.write(buf)
-    buf[:7] = b"XXXXXXX"  # the caller's buffer, reused: what was written is kept as it was
+    buf[:7] = b"changed"  # the caller's buffer, reused: what was written is kept as it was
     pair.conn.write(memoryview(b"ok"))
     assert pair.sock.sent == []  # nothing sent yet
     assert pair.conn.get_write_buffer_size() > 0
