@@ -112,11 +112,6 @@ class H2Error(Exception):
         self.code = code
 
 
-def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    n = len(payload)
-    return _pack_head(n >> 16, n & 0xFFFF, ftype, flags, sid) + payload
-
-
 def remember(sids: set[int], sid: int) -> None:
     """Add to a bounded set of closed streams (the oldest half is dropped when it is full)."""
     if len(sids) >= CLOSED_MEMORY:
@@ -222,10 +217,10 @@ class H2Wire:
         payload = _SETTING.pack(SETTINGS_MAX_CONCURRENT_STREAMS, self.max_streams) + _SETTING.pack(
             SETTINGS_MAX_HEADER_LIST_SIZE, self.max_header_list
         )
-        self.out.append(frame(SETTINGS, 0, 0, payload))
+        self._put(SETTINGS, 0, 0, payload)
         extra = self.connection_window - DEFAULT_WINDOW
         if extra > 0:
-            self.out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(extra)))
+            self._put(WINDOW_UPDATE, 0, 0, _U32.pack(extra))
 
     def take_output(self) -> bytes:
         out = self.out
@@ -305,7 +300,7 @@ class H2Wire:
             if sid:
                 raise H2Error(PROTOCOL_ERROR, "PING on a stream")
             if not flags & FLAG_ACK:
-                self.out.append(frame(PING, FLAG_ACK, 0, payload))
+                self._put(PING, FLAG_ACK, 0, payload)
         elif ftype == RST_STREAM:
             self._rst_stream(sid, payload)
         elif ftype == PRIORITY:
@@ -538,7 +533,7 @@ class H2Wire:
         for pos in range(0, len(payload), 6):
             ident, value = _SETTING.unpack_from(payload, pos)
             opened = self._setting(ident, value) or opened
-        self.out.append(frame(SETTINGS, FLAG_ACK, 0, b""))
+        self._put(SETTINGS, FLAG_ACK, 0, b"")
         if opened:
             self.on_window(0)
 
@@ -584,7 +579,7 @@ class H2Wire:
     def _stream_error(self, sid: int, code: int) -> None:
         if code != REFUSED_STREAM:
             self.stream_errors += 1
-        self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        self._put(RST_STREAM, 0, sid, _U32.pack(code))
         self._remember_reset(sid)
         if self.streams.pop(sid, None) is not None:
             self.on_reset(sid)
@@ -601,7 +596,7 @@ class H2Wire:
         self.unacked_conn += n
         if self.unacked_conn >= self.connection_window // 2:
             self.recv_window_conn += self.unacked_conn
-            self.out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.unacked_conn)))
+            self._put(WINDOW_UPDATE, 0, 0, _U32.pack(self.unacked_conn))
             self.unacked_conn = 0
 
     # --- sending --------------------------------------------------------------------------------
@@ -616,11 +611,12 @@ class H2Wire:
         stream.unacked += n
         if stream.unacked >= DEFAULT_WINDOW // 2:
             stream.recv_window += stream.unacked
-            self.out.append(frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.unacked)))
+            self._put(WINDOW_UPDATE, 0, sid, _U32.pack(stream.unacked))
             stream.unacked = 0
 
     def _put(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
-        """Queue a frame as its header and its payload (joined once, in ``take_output``)."""
+        """Queue a frame, as its header and its payload (joined once: by ``take_output``, or by
+        the TLS connection when it encrypts)."""
         n = len(payload)
         out = self.out
         out.append(_pack_head(n >> 16, n & 0xFFFF, ftype, flags, sid))
@@ -648,12 +644,10 @@ class H2Wire:
         if len(block) <= size:
             self._put(HEADERS, flags | FLAG_END_HEADERS, sid, block)
         else:
-            self.out.append(frame(HEADERS, flags, sid, block[:size]))
+            self._put(HEADERS, flags, sid, block[:size])
             for pos in range(size, len(block), size):
                 last = pos + size >= len(block)
-                self.out.append(
-                    frame(CONTINUATION, FLAG_END_HEADERS if last else 0, sid, block[pos : pos + size])
-                )
+                self._put(CONTINUATION, FLAG_END_HEADERS if last else 0, sid, block[pos : pos + size])
         if end:
             self._local_end(stream)
         return True
@@ -677,17 +671,17 @@ class H2Wire:
         if stream.remote_closed:
             self._forget(stream.sid)
         else:  # the answer is complete: the client need not send the rest (RFC 9113 8.1)
-            self.out.append(frame(RST_STREAM, 0, stream.sid, _U32.pack(NO_ERROR)))
+            self._put(RST_STREAM, 0, stream.sid, _U32.pack(NO_ERROR))
             self._remember_reset(stream.sid)
             self.streams.pop(stream.sid, None)
 
     def send_reset(self, sid: int, code: int) -> None:
         if self.streams.pop(sid, None) is not None or sid not in self.reset_sids:
-            self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+            self._put(RST_STREAM, 0, sid, _U32.pack(code))
             self._remember_reset(sid)
 
     def goaway(self, code: int) -> None:
         if self.goaway_sent and code == NO_ERROR:
             return
         self.goaway_sent = True
-        self.out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self.last_sid, code)))
+        self._put(GOAWAY, 0, 0, _GOAWAY.pack(self.last_sid, code))
