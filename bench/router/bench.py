@@ -436,14 +436,13 @@ def print_table(
             plo, phi = s.spread("p99_ms")
             ratio = s.med("rps") / hap.med("rps") if hap else float("nan")
             # the same ratio taken round by round (HAProxy measured minutes apart at most), then
-            # the median: the machine's drifting load cancels out better than in the ratio of medians
-            per_round = [a.rps / b.rps for a, b in zip(s.samples, hap.samples, strict=False)] if hap else []
-            rratio = statistics.median(per_round) if per_round else float("nan")
-            pratio = s.med("p99_ms") / hap.med("p99_ms") if hap else float("nan")
-            # p99 paired the same way: each round's p99 over HAProxy's p99 of that round
-            pairs = zip(s.samples, hap.samples, strict=False) if hap else iter(())
-            p_rounds = [a.p99_ms / b.p99_ms for a, b in pairs]
-            prratio = statistics.median(p_rounds) if p_rounds else float("nan")
+            # the median: the machine's drifting load cancels out better than in the ratio of medians;
+            # p99 paired the same way (each round's p99 over HAProxy's p99 of that round)
+            pairs = list(zip(s.samples, hap.samples, strict=False)) if hap else []
+            nan = float("nan")
+            rratio = statistics.median([a.rps / b.rps for a, b in pairs]) if pairs else nan
+            prratio = statistics.median([a.p99_ms / b.p99_ms for a, b in pairs]) if pairs else nan
+            pratio = s.med("p99_ms") / hap.med("p99_ms") if hap else nan
             cpu = s.med("cpu_us")
             cpu_s = "     -  " if math.isnan(cpu) else f"{cpu:6.1f}us"
             print(
