@@ -142,6 +142,29 @@ async def test_interim_then_final_response_in_one_read() -> None:
     assert response.endswith(b"\r\n\r\nok")
 
 
+@pytest.mark.parametrize("fields", [0, 1, 30, 31, 32, 33, 60])
+@on_uvloop
+async def test_heads_of_any_length_with_crlf_lines_in_the_body(fields: int) -> None:
+    # the head is split in lines together with the start of the body, up to a bound: around it
+    # and past it the head must end at its own empty line, not at one in the body
+    names = [f"X-F{i}: {i}".encode() for i in range(fields)]
+    lines = [*names[: fields // 2], b"Connection: keep-alive", *names[fields // 2 :]]
+    body = b"\r\n".join([b"a", b"", b"", b"Connection: close", b""] * 10)
+    head = b"\r\n".join([b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), *lines]) + b"\r\n\r\n"
+    async with canned(head + body) as (_, port):
+        response = await raw(port, get("Connection: close\r\n"))
+    got_head, _, got_body = response.partition(b"\r\n\r\n")
+    assert fields_of(got_head) == [b"Content-Length: %d" % len(body), *names, b"Connection: close"]
+    assert got_body == body
+
+
+@on_uvloop
+async def test_a_head_without_fields() -> None:
+    async with canned(b"HTTP/1.1 204 No Content\r\n\r\n") as (_, port):
+        response = await raw(port, get("Connection: close\r\n"))
+    assert response == b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+
+
 @on_uvloop
 async def test_request_versions_and_keep_alive() -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -54,16 +54,26 @@ _K: Final = 107  # keep-alive
 _P: Final = 112  # proxy-connection, proxy-authenticate
 _T: Final = 116  # te, trailer, transfer-encoding
 _U: Final = 117  # upgrade
+_COLON: Final = 58
+# the head is split in lines together with what follows it, up to this many lines (a longer
+# head is split again, alone): a body is seldom cut into many lines by CRLFs
+_SPLIT_LINES: Final = 32
 
 
-def _named(line: bytes, name: bytes) -> bool:
-    """Whether header line ``line`` is field ``name`` (given lower-case, with its colon).
+def _named(line: bytes, name: bytes, title: bytes) -> bool:
+    """Whether header line ``line`` is field ``name`` (given lower-case, with its colon; ``title``
+    is the same in Canonical-Case, as most servers send it).
 
-    ``byte | 0x20`` lower-cases a letter and leaves ``-`` and ``:`` alone; the only other bytes
-    it could take there (CR, 0x1a) never reach here, llhttp rejects them in a field name."""
+    The colon's place rules out most other fields of the same first letter with one look; a
+    name sent in one of the two usual spellings is then one ``memcmp`` (``startswith`` is
+    native in compiled code), any other spelling is compared byte by byte: ``byte | 0x20``
+    lower-cases a letter and leaves ``-`` and ``:`` alone; the only other bytes it could take
+    there (CR, 0x1a) never reach here, llhttp rejects them in a field name."""
     n = len(name)
-    if len(line) < n:
+    if len(line) < n or line[n - 1] != _COLON:
         return False
+    if line.startswith(title) or line.startswith(name):
+        return True
     i = 0
     while i < n:
         if line[i] | 0x20 != name[i]:
@@ -285,43 +295,57 @@ class UpstreamConn(Flushable):
         buf = self.rbuf
         start = self.rstart
         # the head, split in lines once: every line's first letter says whether it can matter
-        # (bytes.find costs ~1 us a call here, mostly in its argument parsing; a split is one call)
-        head = (buf[start:] if start else buf).split(b"\r\n\r\n", 1)[0]
-        lines = head.split(b"\r\n")
+        # (bytes.find costs ~1 us a call here, mostly in its argument parsing; a split is one call):
+        # with what follows the head, cut off after a few lines; the head ends at the first empty
+        # line before the last piece (that one is the rest, or what follows the last CRLF)
+        data = buf[start:] if start else buf
+        lines = data.split(b"\r\n", _SPLIT_LINES)
+        end = 0
+        for i in range(1, len(lines) - 1):
+            if not len(lines[i]):
+                end = i
+                break
+        if not end:  # a longer head
+            lines = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            end = len(lines)
         status_line = lines[0]
+        size = len(status_line)  # of the head without its last CRLF CRLF
         length = -1
         chunked = False
         kept: list[bytes] | None = None  # the lines to forward, once one was dropped
-        for i in range(1, len(lines)):
+        for i in range(1, end):
             line = lines[i]
+            size += len(line) + 2
             drop = False
-            c = line[0] | 0x20 if line else 0
+            c = line[0] | 0x20  # not empty: the head's lines come before ``end``
             if c == _C:
-                if _named(line, b"connection:"):
+                if _named(line, b"connection:", b"Connection:"):
                     drop = True
-                elif _named(line, b"content-length:"):
+                elif _named(line, b"content-length:", b"Content-Length:"):
                     length = 0  # llhttp checked its value
             elif c == _T:
-                if _named(line, b"transfer-encoding:"):
+                if _named(line, b"transfer-encoding:", b"Transfer-Encoding:"):
                     drop = True
                     chunked = line[18:].strip().lower().endswith(b"chunked")  # the last one counts
-                elif _named(line, b"te:") or _named(line, b"trailer:"):
+                elif _named(line, b"te:", b"TE:") or _named(line, b"trailer:", b"Trailer:"):
                     drop = True
             elif c == _U:
-                if _named(line, b"upgrade:"):
+                if _named(line, b"upgrade:", b"Upgrade:"):
                     drop = True
                     self.upgrade = line[8:].strip()
             elif c == _K:
-                drop = _named(line, b"keep-alive:")
+                drop = _named(line, b"keep-alive:", b"Keep-Alive:")
             elif c == _P:
-                drop = _named(line, b"proxy-connection:") or _named(line, b"proxy-authenticate:")
+                drop = _named(line, b"proxy-connection:", b"Proxy-Connection:") or _named(
+                    line, b"proxy-authenticate:", b"Proxy-Authenticate:"
+                )
             if drop:
                 if kept is None:
                     kept = lines[:i]
             elif kept is not None:
                 kept.append(line)
         if kept is None:
-            self.fields = head[len(status_line) :]
+            self.fields = data[len(status_line) : size]
         else:
             kept[0] = b""  # in place of the status line: the block starts with CRLF
             self.fields = b"\r\n".join(kept)
@@ -330,7 +354,7 @@ class UpstreamConn(Flushable):
         self.status_line = status_line
         status = self.status_code()
         if status < 200 and status != 101:
-            self.rstart = start + len(head) + 4  # a final response follows, maybe in the same bytes
+            self.rstart = start + size + 4  # a final response follows, maybe in the same bytes
             self.interim = True
             sink.on_interim(status, self)
             return
