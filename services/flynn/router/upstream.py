@@ -312,9 +312,13 @@ class UpstreamConn(Flushable):
         size = len(status_line)  # of the head without its last CRLF CRLF
         length = -1
         chunked = False
-        kept: list[bytes] | None = None  # the lines to forward, once one was dropped
+        kept: list[bytes] | None = None  # the lines to forward, once two were dropped
+        cut = -1  # where the first dropped line starts in ``data`` (its CRLF), and ends
+        cut_end = 0
+        cut_line = 0
         for i in range(1, end):
             line = lines[i]
+            at = size
             size += len(line) + 2
             drop = False
             c = line[0] | 0x20  # not empty: the head's lines come before ``end``
@@ -340,12 +344,19 @@ class UpstreamConn(Flushable):
                     line, b"proxy-authenticate:", b"Proxy-Authenticate:"
                 )
             if drop:
-                if kept is None:
+                if cut < 0:
+                    cut = at
+                    cut_end = size
+                    cut_line = i
+                elif kept is None:  # a second one: the lines left are joined again
                     kept = lines[:i]
+                    del kept[cut_line]
             elif kept is not None:
                 kept.append(line)
-        if kept is None:
+        if cut < 0:
             self.fields = data[len(status_line) : size]
+        elif kept is None:  # one line dropped (mostly "Connection: keep-alive"): two slices
+            self.fields = data[len(status_line) : cut] + data[cut_end:size]
         else:
             kept[0] = b""  # in place of the status line: the block starts with CRLF
             self.fields = b"\r\n".join(kept)
