@@ -114,28 +114,18 @@ class H1Exchange(Exchange):
         xff = conn.client_ip if self.xff is None else self.xff + b", " + conn.client_ip
         # bytes %-formatting of bytes only is one allocation and a copy per piece in compiled
         # code (mypyc's CPyBytes_Build), cheaper than a join (docs/router.md, "Performance")
-        if self.chunked_up or self.upgrade is not None:
-            extra = b"\r\nTransfer-Encoding: chunked" if self.chunked_up else b""
-            if self.upgrade is not None:
-                extra += b"\r\nConnection: Upgrade\r\nUpgrade: " + self.upgrade
-            self.head = b"%s %s HTTP/1.1%s%s\r\nX-Forwarded-For: %s%s%s\r\n\r\n" % (
-                self.method,
-                self.target,
-                self.fields,
-                extra,
-                xff,
-                conn.fwd_tail,
-                rid,
-            )
-        else:
-            self.head = b"%s %s HTTP/1.1%s\r\nX-Forwarded-For: %s%s%s\r\n\r\n" % (
-                self.method,
-                self.target,
-                self.fields,
-                xff,
-                conn.fwd_tail,
-                rid,
-            )
+        extra = b"\r\nTransfer-Encoding: chunked" if self.chunked_up else b""
+        if self.upgrade is not None:
+            extra += b"\r\nConnection: Upgrade\r\nUpgrade: " + self.upgrade
+        self.head = b"%s %s HTTP/1.1%s%s\r\nX-Forwarded-For: %s%s%s\r\n\r\n" % (
+            self.method,
+            self.target,
+            self.fields,
+            extra,
+            xff,
+            conn.fwd_tail,
+            rid,
+        )
         self.route(self.host, self.target, conn.tls, self.cookies)
 
     def send_answer(self, answer: Answer) -> None:

@@ -294,10 +294,11 @@ class UpstreamConn(Flushable):
             return
         buf = self.rbuf
         start = self.rstart
-        # the head, split in lines once: every line's first letter says whether it can matter
-        # (bytes.find costs ~1 us a call here, mostly in its argument parsing; a split is one call):
-        # with what follows the head, cut off after a few lines; the head ends at the first empty
-        # line before the last piece (that one is the rest, or what follows the last CRLF)
+        # the head, split in lines once (bytes.find costs ~1 us a call here, mostly in its
+        # argument parsing; a split is one call), together with what follows it, cut off after a
+        # few lines; the head ends at the first empty line before the last piece (that one is
+        # the rest, or what follows the last CRLF); every line's first letter says whether it
+        # can matter
         data = buf[start:] if start else buf
         lines = data.split(b"\r\n", _SPLIT_LINES)
         end = 0
